@@ -1,0 +1,71 @@
+"""The contract between data loaders and the training code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from mlcl.hierarchy import Hierarchy
+
+Modality = Literal["image", "features", "text"]
+
+
+@dataclass
+class LabelLevel:
+    """One level of a hierarchy, or one label group of a multi-label problem."""
+
+    name: str
+    classes: list[str]
+    multi_label: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class LabeledSplit:
+    """Inputs with one target tensor per level.
+
+    ``inputs`` are images ``(N, C, H, W)`` float32 in [0, 1], feature vectors ``(N, F)``, or a list of
+    texts. ``targets[level]`` is ``(N,)`` int64 (``-1`` = unknown) for single-label levels and ``(N, C)``
+    float32 multi-hot for multi-label levels.
+    """
+
+    inputs: torch.Tensor | list[str]
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def subset(self, index: torch.Tensor) -> "LabeledSplit":
+        """The rows ``index`` (a 1-D long tensor) of every input and target."""
+        if isinstance(self.inputs, list):
+            inputs: torch.Tensor | list[str] = [self.inputs[i] for i in index.tolist()]
+        else:
+            inputs = self.inputs[index]
+        return LabeledSplit(inputs, {k: v[index] for k, v in self.targets.items()})
+
+
+@dataclass
+class Dataset:
+    """A dataset with its label structure; levels are ordered coarse -> fine."""
+
+    name: str
+    modality: Modality
+    levels: list[LabelLevel]
+    train: LabeledSplit
+    test: LabeledSplit
+    val: LabeledSplit | None = None
+    hierarchy: "Hierarchy | None" = None
+
+    @property
+    def level_names(self) -> list[str]:
+        return [level.name for level in self.levels]
+
+    @property
+    def multi_label(self) -> bool:
+        return any(level.multi_label for level in self.levels)
