@@ -12,38 +12,46 @@ from collections.abc import Sequence
 import torch
 
 
-def same_class(labels: torch.Tensor) -> torch.Tensor:
+def same_class(labels: torch.Tensor, others: torch.Tensor | None = None) -> torch.Tensor:
     """Positives share the class label; ``-1`` (no label) is nobody's positive.
 
     ``labels`` of shape ``(B,)`` gives a ``(B, B)`` bool relation; ``(B, H)`` (one column per head)
-    gives ``(H, B, B)``.
+    gives ``(H, B, B)``. With ``others`` (``(B', ...)``, e.g. every rank's labels) the columns are
+    ``others``' samples: ``(B, B')`` or ``(H, B, B')``.
     """
     if labels.ndim not in (1, 2) or labels.dtype.is_floating_point:
         raise ValueError(
             f"same_class expects integer labels of shape (B,) or (B, H), got dtype {labels.dtype} "
             f"and shape {tuple(labels.shape)}"
         )
-    columns = labels.unsqueeze(1) if labels.ndim == 1 else labels
-    per_head = columns.t()  # (H, B)
-    relation = (per_head.unsqueeze(2) == per_head.unsqueeze(1)) & (per_head >= 0).unsqueeze(2)
+    others = labels if others is None else others
+    if others.shape[1:] != labels.shape[1:]:
+        raise ValueError(f"others must have shape (B', ...) matching labels {tuple(labels.shape)}, got {tuple(others.shape)}")
+    rows = (labels.unsqueeze(1) if labels.ndim == 1 else labels).t()  # (H, B)
+    cols = (others.unsqueeze(1) if others.ndim == 1 else others).t()  # (H, B')
+    relation = (rows.unsqueeze(2) == cols.unsqueeze(1)) & (rows >= 0).unsqueeze(2)
     return relation[0] if labels.ndim == 1 else relation
 
 
-def overlap(multi_hot: torch.Tensor, mode: str = "any") -> torch.Tensor:
+def overlap(multi_hot: torch.Tensor, mode: str = "any", others: torch.Tensor | None = None) -> torch.Tensor:
     """Positives share labels of a multi-hot ``(B, C)`` matrix.
 
     ``mode="any"``: weight 1 when two samples share at least one label. ``mode="jaccard"``: weight
-    ``|a ∩ b| / |a ∪ b|`` (0 when both label sets are empty).
+    ``|a ∩ b| / |a ∪ b|`` (0 when both label sets are empty). With ``others`` ``(B', C)`` the columns
+    are ``others``' samples.
     """
-    if multi_hot.ndim != 2:
-        raise ValueError(f"overlap expects a multi-hot matrix of shape (B, C), got {tuple(multi_hot.shape)}")
+    others = multi_hot if others is None else others
+    if multi_hot.ndim != 2 or others.ndim != 2 or others.shape[1] != multi_hot.shape[1]:
+        raise ValueError(
+            f"overlap expects multi-hot matrices of shape (B, C), got {tuple(multi_hot.shape)} and {tuple(others.shape)}"
+        )
     hot = (multi_hot > 0).to(torch.float32)
-    shared = hot @ hot.t()
+    other_hot = (others > 0).to(torch.float32)
+    shared = hot @ other_hot.t()
     if mode == "any":
         return shared > 0
     if mode == "jaccard":
-        counts = hot.sum(1)
-        union = counts.unsqueeze(1) + counts.unsqueeze(0) - shared
+        union = hot.sum(1).unsqueeze(1) + other_hot.sum(1).unsqueeze(0) - shared
         return torch.where(union > 0, shared / union.clamp_min(1), torch.zeros_like(shared))
     raise ValueError(f"overlap mode must be 'any' or 'jaccard', got {mode!r}")
 

@@ -1,0 +1,22 @@
+"""Evaluation on frozen features: linear probe, kNN and the per-level metrics."""
+
+from mlcl.eval.metrics import (
+    choose_threshold,
+    hierarchy_consistency,
+    mean_average_precision,
+    multilabel_metrics,
+    top1,
+)
+from mlcl.eval.probe import ProbeResult, evaluate_levels, knn_predict, linear_probe
+
+__all__ = [
+    "ProbeResult",
+    "choose_threshold",
+    "evaluate_levels",
+    "hierarchy_consistency",
+    "knn_predict",
+    "linear_probe",
+    "mean_average_precision",
+    "multilabel_metrics",
+    "top1",
+]

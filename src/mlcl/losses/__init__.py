@@ -1,5 +1,19 @@
 """Contrastive losses: pure math on projections and relations, no training code."""
 
+from mlcl.losses.himulcon import HiMulConLoss, himulcon
+from mlcl.losses.mulsupcon import MulSupConLoss, mulsupcon
 from mlcl.losses.multilevel import MultiLevelSupConLoss, NTXentLoss, SupConLoss, multilevel_supcon
+from mlcl.losses.triplet import BatchHardTripletLoss, batch_hard_triplet
 
-__all__ = ["MultiLevelSupConLoss", "NTXentLoss", "SupConLoss", "multilevel_supcon"]
+__all__ = [
+    "BatchHardTripletLoss",
+    "HiMulConLoss",
+    "MulSupConLoss",
+    "MultiLevelSupConLoss",
+    "NTXentLoss",
+    "SupConLoss",
+    "batch_hard_triplet",
+    "himulcon",
+    "multilevel_supcon",
+    "mulsupcon",
+]

@@ -22,6 +22,21 @@ def check_projections(z: torch.Tensor) -> None:
         raise ValueError(f"z must not be empty, got shape {tuple(z.shape)}")
 
 
+def check_views(z: torch.Tensor, loss_name: str) -> None:
+    """``z`` must be a non-empty floating ``(B, V, D)`` tensor (samples, views, dims)."""
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"{loss_name} expects z as a torch.Tensor of shape (B, V, D), got {type(z).__name__}")
+    if z.ndim != 3:
+        raise ValueError(
+            f"{loss_name} expects z of shape (B, V, D) = (samples, views, dims), got shape {tuple(z.shape)}; "
+            "for one view use z[:, None, :]"
+        )
+    if not z.dtype.is_floating_point:
+        raise ValueError(f"{loss_name} expects a floating-point z, got dtype {z.dtype}")
+    if 0 in z.shape:
+        raise ValueError(f"{loss_name} expects a non-empty z, got shape {tuple(z.shape)}")
+
+
 def check_relation(relation: torch.Tensor, num_heads: int, batch: int, key_batch: int | None = None) -> None:
     """Class labels ``(B, H)`` (integer, >= -1) or positive weights ``(H, B, B_keys)`` in [0, 1]."""
     key_batch = batch if key_batch is None else key_batch

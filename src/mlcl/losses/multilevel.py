@@ -38,6 +38,13 @@ def multilevel_supcon(
     check_projections(z)
     num_heads, batch, n_views, _ = z.shape
     rank, world = distributed.rank_and_world() if gather_distributed else (0, 1)
+    if world > 1:
+        # One collective before any rank-local check, so that unequal batches raise the same error on
+        # every rank (a rank whose (H, b, W·b) check happened to pass would otherwise wait in the gather).
+        shapes = distributed.gather_sizes(z.shape[1:], z.device)
+        distributed.check_batch_sizes([shape[0] for shape in shapes])
+        if len(set(shapes)) != 1:
+            raise ValueError(f"gather_distributed needs z of the same (B, V, D) on every rank, got {shapes}")
     is_labels = not (relation.dtype.is_floating_point or relation.dtype == torch.bool)
     check_relation(relation, num_heads, batch, key_batch=batch * world)
     check_anchor_mask(anchor_mask, num_heads, batch)
@@ -48,10 +55,11 @@ def multilevel_supcon(
 
     dtype = compute_dtype(z.dtype)
     normalised = F.normalize(z.to(dtype), dim=-1).reshape(num_heads, batch * n_views, -1)
-    keys = distributed.gather_with_grad(normalised, dim=1) if world > 1 else normalised
+    keys = distributed.gather_with_grad(normalised, dim=1, check_size=False) if world > 1 else normalised
     if is_labels:
-        all_labels = distributed.gather_no_grad(relation, dim=0) if world > 1 else relation
-        operator = LabelRelation(all_labels.to(z.device), n_views, rank * batch, batch)
+        labels = relation.to(z.device)  # NCCL gathers only CUDA tensors
+        all_labels = distributed.gather_no_grad(labels, dim=0, check_size=False) if world > 1 else labels
+        operator = LabelRelation(all_labels, n_views, rank * batch, batch)
     else:
         operator = DenseRelation(relation.to(device=z.device, dtype=dtype), n_views, rank * batch)
     anchor_rows = slice(rank * batch * n_views, (rank + 1) * batch * n_views)
@@ -142,7 +150,8 @@ class MultiLevelSupConLoss(nn.Module):
 class SupConLoss(MultiLevelSupConLoss):
     """Supervised contrastive loss (Khosla et al. 2020, L_out) with one head.
 
-    ``z`` is ``(B, V, D)`` and ``labels`` ``(B,)`` (``-1`` = unlabelled) or a ``(B, B)`` relation.
+    ``z`` is ``(B, V, D)`` and ``labels`` ``(B,)`` (``-1`` = unlabelled) or a ``(B, B)`` relation
+    (with ``gather_distributed``: ``(B, W·B)``, columns = all ranks' samples in rank order).
     """
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False, block_size: int | None = None):
@@ -166,4 +175,6 @@ class NTXentLoss(SupConLoss):
         if z.ndim != 3 or z.shape[1] < 2:
             raise ValueError(f"NTXentLoss expects z of shape (B, V, D) with V >= 2 views, got {tuple(z.shape)}")
         batch = z.shape[0]
-        return super().forward(z, torch.zeros(1, batch, batch, dtype=torch.bool, device=z.device)[0])
+        # No positive besides a sample's own views; with gather the relation is (B, W·B).
+        world = distributed.rank_and_world()[1] if self.gather_distributed else 1
+        return super().forward(z, torch.zeros(batch, batch * world, dtype=torch.bool, device=z.device))
