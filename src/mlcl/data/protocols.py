@@ -1,0 +1,192 @@
+"""Training-set protocols of the experiments: a stratified label fraction, k-shot subsets, label noise.
+
+Each is a pure function of a split and an explicit seed (a private ``torch.Generator``), so the same
+seed always selects the same rows and the global RNG is left alone. Apply them to the training split
+only; evaluation uses the full test set. Counts round half up (``round_half_up(2.5) == 3``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+from mlcl.data.types import LabeledSplit, LabelLevel
+from mlcl.errors import DataError
+from mlcl.hierarchy import Hierarchy, did_you_mean
+
+
+def round_half_up(x: float) -> int:
+    """Round to the nearest integer, halves up (Python's ``round`` would send 2.5 to 2)."""
+    return math.floor(x + 0.5)
+
+
+def _single_label(split: LabeledSplit, level: str) -> torch.Tensor:
+    """The (N,) label ids of ``level`` on the CPU; DataError for a missing or multi-label level."""
+    if level not in split.targets:
+        raise DataError(
+            f"the split has no level {level!r}{did_you_mean(level, split.targets)}; "
+            f"its levels are {list(split.targets)}"
+        )
+    labels = split.targets[level]
+    if labels.dim() != 1 or labels.is_floating_point():
+        raise DataError(f"level {level!r} is multi-label; this protocol needs a single-label level")
+    return labels.cpu()
+
+
+def _generator(seed: int) -> torch.Generator:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise DataError(f"seed must be an integer, got {seed!r}")
+    return torch.Generator().manual_seed(seed)
+
+
+def _stratified(
+    split: LabeledSplit, level: str, count: Callable[[int, int], int], seed: int
+) -> LabeledSplit:
+    """Keep ``count(class_id, n_class)`` random rows of every class of ``level``, in the original order.
+
+    Rows without a label at ``level`` (-1) are dropped: they belong to no stratum.
+    """
+    labels = _single_label(split, level)
+    generator = _generator(seed)
+    keep = []
+    for c in torch.unique(labels[labels >= 0]).tolist():
+        rows = torch.nonzero(labels == c).flatten()
+        keep.append(rows[torch.randperm(len(rows), generator=generator)[: count(c, len(rows))]])
+    index = torch.cat(keep) if keep else torch.empty(0, dtype=torch.long)
+    if len(index) == 0:
+        raise DataError(f"no sample kept: the split has no labelled rows at level {level!r} to draw from")
+    return split.subset(torch.sort(index).values)
+
+
+def label_fraction(
+    split: LabeledSplit, level: str, fraction: float, seed: int, *, allow_empty: bool = False
+) -> LabeledSplit:
+    """A stratified subset: ``round_half_up(fraction * n_c)`` rows of every class ``c`` of ``level``.
+
+    Every class keeps at least one row (so tiny classes are over-represented at small fractions)
+    unless ``allow_empty=True``, where a class whose share rounds to 0 disappears. DataError unless
+    0 < fraction <= 1.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise DataError(f"fraction must be in (0, 1], got {fraction!r}")
+    floor = 0 if allow_empty else 1
+    return _stratified(split, level, lambda _, n: max(floor, round_half_up(fraction * n)), seed)
+
+
+def k_shot(split: LabeledSplit, level: str, k: int, seed: int) -> LabeledSplit:
+    """Exactly ``k`` random rows of every class of ``level``; DataError if a class has fewer."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DataError(f"k must be a positive integer, got {k!r}")
+
+    def count(c: int, n: int) -> int:
+        if n < k:
+            raise DataError(f"class {c} at level {level!r} has only {n} samples, fewer than k={k}; use a smaller k")
+        return k
+
+    return _stratified(split, level, count, seed)
+
+
+def _noise_classes(hierarchy_or_levels: Hierarchy | Sequence[LabelLevel], level: str, mode: str) -> int:
+    """The number of classes at ``level``, checking the level and the mode fit what was given."""
+    if mode not in ("symmetric", "hierarchical"):
+        raise DataError(f"unknown noise mode {mode!r}; use 'symmetric' or 'hierarchical'")
+    if isinstance(hierarchy_or_levels, Hierarchy):
+        hierarchy = hierarchy_or_levels
+        if hierarchy.level_index(level) != hierarchy.num_levels - 1:
+            raise DataError(
+                f"label noise goes on the finest level ({hierarchy.level_names[-1]!r}), not {level!r}; "
+                "coarser levels are derived from it"
+            )
+        if mode == "hierarchical" and hierarchy.num_levels < 2:
+            raise DataError("hierarchical noise needs a hierarchy with at least two levels")
+        return hierarchy.num_classes(level)
+    if mode == "hierarchical":
+        raise DataError("hierarchical noise needs a Hierarchy (siblings share a parent), not a list of levels")
+    for label_level in hierarchy_or_levels:
+        if label_level.name == level and not label_level.multi_label:
+            return label_level.num_classes
+    names = [lv.name for lv in hierarchy_or_levels]
+    raise DataError(f"no single-label level {level!r}{did_you_mean(level, names)} among {names}")
+
+
+def _sibling_table(hierarchy: Hierarchy, level: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, S) the other children of each class's parent (padded with -1) and (C,) how many there are."""
+    parent = hierarchy.parent_index(level)
+    family = [torch.nonzero(parent == parent[c]).flatten() for c in range(len(parent))]
+    siblings = [f[f != c] for c, f in enumerate(family)]
+    counts = torch.tensor([len(s) for s in siblings], dtype=torch.long)
+    table = torch.full((len(parent), max(1, int(counts.max()))), -1, dtype=torch.long)
+    for c, s in enumerate(siblings):
+        table[c, : len(s)] = s
+    return table, counts
+
+
+def add_label_noise(
+    split: LabeledSplit,
+    hierarchy_or_levels: Hierarchy | Sequence[LabelLevel],
+    rate: float,
+    mode: str = "symmetric",
+    seed: int = 0,
+    level: str = "fine",
+) -> tuple[LabeledSplit, torch.Tensor]:
+    """Flip exactly ``round_half_up(rate * N)`` labels at ``level`` (N = labelled rows); returns the
+    noisy split and the (N_rows,) bool mask of flipped rows.
+
+    ``symmetric``: the new label is uniform over the other classes. ``hierarchical``: uniform over
+    the siblings under the same parent; a class that is its parent's only child cannot flip, so when
+    fewer rows can flip than asked, all flippable rows flip, a warning gives the realised rate, and
+    ``mask.float().mean()`` is that rate. With a :class:`Hierarchy` the coarser levels of flipped rows
+    are recomputed from the noisy label; with a list of :class:`LabelLevel` only ``level`` changes.
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise DataError(f"noise rate must be in [0, 1], got {rate!r}")
+    num_classes = _noise_classes(hierarchy_or_levels, level, mode)
+    labels = _single_label(split, level)
+    if len(labels) and labels.max() >= num_classes:
+        raise DataError(f"level {level!r} has a label {int(labels.max())} but only {num_classes} classes")
+    generator = _generator(seed)
+    if mode == "hierarchical":
+        table, choices = _sibling_table(hierarchy_or_levels, level)
+    else:
+        choices = torch.full((num_classes,), num_classes - 1, dtype=torch.long)
+    labelled = labels >= 0
+    flippable = torch.nonzero(labelled & (choices[labels.clamp(min=0)] > 0)).flatten()
+    wanted = round_half_up(rate * int(labelled.sum()))
+    if wanted > len(flippable):
+        warnings.warn(
+            f"label noise: {wanted} flips asked but only {len(flippable)} rows can flip; realised rate "
+            f"{len(flippable) / max(1, int(labelled.sum())):.4f} instead of {rate}",
+            stacklevel=2,
+        )
+    rows = flippable[torch.randperm(len(flippable), generator=generator)[:wanted]]
+    old = labels[rows]
+    pick = (torch.rand(len(rows), generator=generator, dtype=torch.float64) * choices[old]).long()
+    if mode == "hierarchical":
+        new = table[old, pick]
+    else:
+        new = pick + (pick >= old).long()
+    return _noisy_split(split, hierarchy_or_levels, level, rows, new)
+
+
+def _noisy_split(
+    split: LabeledSplit,
+    hierarchy_or_levels: Hierarchy | Sequence[LabelLevel],
+    level: str,
+    rows: torch.Tensor,
+    new: torch.Tensor,
+) -> tuple[LabeledSplit, torch.Tensor]:
+    """A copy of ``split`` with ``new`` labels on ``rows`` at ``level`` (and its ancestors), plus the mask."""
+    targets = {name: t.clone() for name, t in split.targets.items()}
+    device = targets[level].device
+    targets[level][rows.to(device)] = new.to(device)
+    if isinstance(hierarchy_or_levels, Hierarchy):
+        ancestors = hierarchy_or_levels.leaf_to_levels(new)
+        for k, name in enumerate(hierarchy_or_levels.level_names[:-1]):
+            if name in targets and targets[name].dim() == 1:
+                targets[name][rows.to(device)] = ancestors[:, k].to(device)
+    mask = torch.zeros(len(split), dtype=torch.bool)
+    mask[rows] = True
+    return LabeledSplit(split.inputs, targets), mask
