@@ -1,0 +1,180 @@
+"""The ``mlcl`` command line: ``train``, ``eval``, ``embed`` and ``datasets``.
+
+User mistakes (a bad config value, a missing dataset, a malformed file) print one line and exit with
+status 2; ``--debug`` shows the traceback instead. An interrupted run exits with status 130 after
+saving a checkpoint that ``mlcl train --resume DIR`` continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlcl.errors import MlclError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _summary_table(metrics: dict[str, Any]) -> str:
+    """Per-level test results as an aligned text table."""
+    rows = []
+    for level, values in metrics.get("test", {}).items():
+        for name, value in values.items():
+            rows.append((level, name, f"{value:.4f}"))
+    for level, values in metrics.get("classifier", {}).items():
+        rows.append((level, "classifier_top1", f"{values['top1']:.4f}"))
+    if not rows:
+        return "(no metrics)"
+    widths = [max(len(r[i]) for r in rows + [("level", "metric", "value")]) for i in range(3)]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    out = [line.format("level", "metric", "value"), line.format(*("-" * w for w in widths))]
+    out += [line.format(*row) for row in rows]
+    return "\n".join(out)
+
+
+def _launch_distributed(nproc: int, argv: list[str]) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine."""
+    forwarded = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        forwarded.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "mlcl", *forwarded]
+    return subprocess.call(command)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mlcl.train.config import load_config
+    from mlcl.train.loop import resume_run, start_run
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_distributed(args.nproc, args.argv)
+    if args.resume:
+        if args.config or args.set:
+            raise MlclError("--resume continues a run with its saved config; drop --config / --set")
+        trainer = resume_run(args.resume, progress=not args.quiet)
+    else:
+        if args.out is None:
+            raise MlclError("mlcl train needs --out DIR (where checkpoints, logs and metrics go)")
+        trainer = start_run(load_config(args.config, args.set), args.out, progress=not args.quiet)
+    trainer.train()
+    if not trainer.is_main:
+        return 0
+    metrics = trainer.evaluate()
+    print(f"\n{trainer.dataset.name} / {trainer.config.method.name}: {metrics['epochs']} epochs in "
+          f"{metrics['train_seconds']:.1f} s; test results (best epoch {metrics['best_epoch']}):")
+    print(_summary_table(metrics))
+    print(f"\nwritten to {trainer.out_dir}: metrics.json, log.csv, curves.png, checkpoints/")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from mlcl.train.config import load_config
+    from mlcl.train.loop import Trainer
+
+    run = Path(args.run_dir)
+    if not (run / "config.yaml").exists():
+        raise MlclError(f"{run} is not a run directory (no config.yaml)")
+    trainer = Trainer(load_config(run / "config.yaml"), run, progress=not args.quiet)
+    trainer.restore(run / "checkpoints" / "last.pt")
+    metrics = trainer.evaluate()
+    print(_summary_table(metrics))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from mlcl.train.embed import export_embeddings
+
+    path, count, dims = export_embeddings(Path(args.run_dir), args.input, args.head, Path(args.out))
+    print(f"wrote {count} embeddings of dimension {dims} to {path}")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from mlcl.data.registry import DATASETS
+
+    rows = []
+    for info in DATASETS.values():
+        found, where = info.is_available()
+        rows.append((info.name, info.modality, info.structure, "yes" if found else "no", where))
+    if args.json:
+        print(json.dumps([dict(zip(("name", "modality", "structure", "available", "where"), r)) for r in rows], indent=2))
+        return 0
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlcl", description="Multi-level supervised contrastive learning.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model from a config, then evaluate it")
+    train.add_argument("--config", help="YAML config file (see configs/)")
+    train.add_argument("--out", help="run directory for checkpoints, logs, metrics and plots")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
+    train.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("eval", help="re-evaluate a finished run")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=cmd_eval)
+
+    embed = sub.add_parser("embed", help="export embeddings of a trained run")
+    embed.add_argument("run_dir")
+    embed.add_argument("--input", default="test",
+                       help="train, val or test (the run's own splits) or a CSV/JSONL file with the run's input column")
+    embed.add_argument("--head", default="encoder", help="a head name (see the run's config) or 'encoder'")
+    embed.add_argument("--out", required=True, help="output file: .npy, .pt or .csv")
+    embed.set_defaults(func=cmd_embed)
+
+    datasets = sub.add_parser("datasets", help="list the built-in datasets and whether their data is here")
+    datasets.add_argument("--json", action="store_true")
+    datasets.set_defaults(func=cmd_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    from mlcl.train.loop import Interrupted
+
+    try:
+        return args.func(args)
+    except MlclError as exc:
+        if args.debug:
+            raise
+        print(f"mlcl: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Interrupted as exc:
+        print(f"mlcl: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("mlcl: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

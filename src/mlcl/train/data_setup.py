@@ -1,0 +1,123 @@
+"""From a data config to the splits a run trains and evaluates on.
+
+Loads a built-in dataset or a user's file / folder, splits user data into train / val / test, applies
+the training-split protocols (label fraction or k-shot, label noise), and turns text into cached
+sentence embeddings when the text encoder is frozen.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from mlcl.data.image_folder import load_image_folder
+from mlcl.data.protocols import add_label_noise, k_shot, label_fraction
+from mlcl.data.registry import load_dataset
+from mlcl.data.tabular import load_table
+from mlcl.data.types import Dataset, LabeledSplit, LabelLevel
+from mlcl.errors import DataError
+from mlcl.hierarchy import Hierarchy
+from mlcl.train.config import Config, DataConfig
+
+USER_SPLIT_OPTIONS = ("test_fraction", "val_fraction")
+
+
+def _split_indices(split: LabeledSplit, levels: list[LabelLevel], fractions: tuple[float, float], seed: int):
+    """Deterministic stratified (finest single-label level) or random train / val / test indices."""
+    generator = torch.Generator().manual_seed(seed)
+    finest = levels[-1]
+    n = len(split)
+    if finest.multi_label:
+        groups = [torch.randperm(n, generator=generator)]
+    else:
+        labels = split.targets[finest.name]
+        groups = [idx[torch.randperm(len(idx), generator=generator)] for idx in
+                  (torch.nonzero(labels == c).flatten() for c in labels.unique())]
+    parts: list[list[torch.Tensor]] = [[], [], []]
+    for idx in groups:
+        n_test = round(fractions[0] * len(idx))
+        n_val = round(fractions[1] * len(idx))
+        parts[0].append(idx[: n_test])
+        parts[1].append(idx[n_test : n_test + n_val])
+        parts[2].append(idx[n_test + n_val :])
+    test, val, train = (torch.sort(torch.cat(p)).values for p in parts)
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(f"the data has only {n} rows: too few to split into train and test")
+    return train, val, test
+
+
+def _user_dataset(config: DataConfig, seed: int) -> Dataset:
+    options = dict(config.options)
+    fractions = (float(options.pop("test_fraction", 0.2)), float(options.pop("val_fraction", 0.1)))
+    if config.name == "table":
+        split, levels, hierarchy = load_table(config.path, **options)
+    else:
+        split, levels, hierarchy = load_image_folder(config.path, **options)
+    train, val, test = _split_indices(split, levels, fractions, seed)
+    modality = "text" if isinstance(split.inputs, list) else ("image" if split.inputs.ndim == 4 else "features")
+    return Dataset(
+        name=Path(config.path).name,
+        modality=modality,
+        levels=levels,
+        train=split.subset(train),
+        test=split.subset(test),
+        val=split.subset(val) if len(val) else None,
+        hierarchy=hierarchy,
+    )
+
+
+def _apply_protocols(dataset: Dataset, config: DataConfig, seed: int) -> Dataset:
+    finest = dataset.levels[-1]
+    train = dataset.train
+    if config.k_shot is not None or config.fraction < 1.0:
+        if finest.multi_label:
+            raise DataError(
+                f"data.fraction / data.k_shot stratify by the finest single-label level, but {finest.name!r} "
+                "is multi-label; use the full training set"
+            )
+        if config.k_shot is not None:
+            train = k_shot(train, finest.name, config.k_shot, seed)
+        else:
+            train = label_fraction(train, finest.name, config.fraction, seed)
+    if config.noise.rate > 0:
+        if finest.multi_label:
+            raise DataError("data.noise applies to single-label data only")
+        source: Hierarchy | list[LabelLevel] = dataset.hierarchy if dataset.hierarchy is not None else dataset.levels
+        if config.noise.mode == "hierarchical" and dataset.hierarchy is None:
+            raise DataError(f"data.noise.mode=hierarchical needs a hierarchy, and {dataset.name} has none")
+        train, _ = add_label_noise(train, source, config.noise.rate, config.noise.mode, seed, level=finest.name)
+    dataset.train = train
+    return dataset
+
+
+def embed_text_splits(dataset: Dataset, cache_dir: str | Path | None) -> Dataset:
+    """Replace texts by frozen MiniLM sentence embeddings (computed once, cached on disk)."""
+    from mlcl.models.text import CachedTextEmbeddings  # heavy import: only for text runs
+
+    embed = CachedTextEmbeddings(cache_dir=cache_dir)
+    for split in (dataset.train, dataset.val, dataset.test):
+        if split is not None:
+            split.inputs = embed(split.inputs)
+    dataset.modality = "features"
+    return dataset
+
+
+def prepare_dataset(config: Config) -> Dataset:
+    """The dataset a run uses, with protocols applied to its training split only."""
+    data = config.data
+    if data.name in ("table", "image-folder"):
+        dataset = _user_dataset(data, config.seed)
+    else:
+        dataset = load_dataset(data.name, **data.options)
+    dataset = _apply_protocols(dataset, data, config.seed)
+    if dataset.modality == "text" and not config.model.encoder_options.get("trainable", False):
+        cache = os.environ.get("MLCL_CACHE_DIR", str(Path.home() / ".cache" / "mlcl" / "embeddings"))
+        dataset = embed_text_splits(dataset, cache)
+    if len(dataset.train) < config.train.batch_size:
+        raise DataError(
+            f"train.batch_size={config.train.batch_size} is larger than the training set ({len(dataset.train)} "
+            f"samples after data.fraction / k_shot); lower train.batch_size to at most {len(dataset.train)}"
+        )
+    return dataset

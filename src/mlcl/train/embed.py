@@ -1,0 +1,64 @@
+"""Export a trained run's embeddings (the encoder's or one head's) for retrieval or analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlcl.data.tabular import load_table
+from mlcl.errors import MlclError
+from mlcl.hierarchy import did_you_mean
+from mlcl.train.checkpoint import load_checkpoint
+from mlcl.train.config import load_config
+from mlcl.train.data_setup import USER_SPLIT_OPTIONS
+from mlcl.train.evaluation import extract
+from mlcl.train.loop import Trainer
+
+SPLITS = ("train", "val", "test")
+FORMATS = (".npy", ".pt", ".csv")
+
+
+def _inputs(trainer: Trainer, source: str):
+    if source in SPLITS:
+        split = getattr(trainer.dataset, source)
+        if split is None:
+            raise MlclError(f"the run's dataset has no {source} split")
+        return split.inputs
+    path = Path(source)
+    if not path.exists():
+        raise MlclError(f"--input {source!r} is neither one of {', '.join(SPLITS)} nor an existing file")
+    if trainer.config.data.name != "table":
+        raise MlclError("--input FILE needs a run trained on a table (data.name=table), so the file's columns are known")
+    options = {k: v for k, v in trainer.config.data.options.items() if k not in USER_SPLIT_OPTIONS}
+    split, _, _ = load_table(path, **options)  # the same columns as the training file
+    return split.inputs
+
+
+def export_embeddings(run_dir: Path, source: str, head: str, out: Path) -> tuple[Path, int, int]:
+    """Write embeddings of ``source`` by ``head`` (or ``"encoder"``) to ``out``; returns (path, N, D)."""
+    if out.suffix not in FORMATS:
+        raise MlclError(f"--out must end in one of {', '.join(FORMATS)}, got {out.name}")
+    trainer = Trainer(load_config(run_dir / "config.yaml"), run_dir, progress=False)
+    best = run_dir / "checkpoints" / "best.pt"
+    checkpoint = best if best.exists() else run_dir / "checkpoints" / "last.pt"
+    trainer.model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    inputs = _inputs(trainer, source)
+    names = [h.name for h in trainer.objective.heads]
+    if head == "encoder":
+        vectors = extract(trainer.model, inputs, trainer.device)
+    elif head in names:
+        vectors = extract(trainer.model, inputs, trainer.device, what="projections")[names.index(head)]
+        vectors = torch.nn.functional.normalize(vectors, dim=1)
+    else:
+        raise MlclError(f"--head {head!r} is not a head of this run{did_you_mean(head, names)}; "
+                        f"heads: encoder, {', '.join(names)}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+        np.save(out, vectors.numpy())
+    elif out.suffix == ".pt":
+        torch.save(vectors, out)
+    else:
+        np.savetxt(out, vectors.numpy(), delimiter=",", fmt="%.6g")
+    return out, vectors.shape[0], vectors.shape[1]

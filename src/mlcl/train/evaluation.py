@@ -1,0 +1,80 @@
+"""Frozen-feature evaluation of a trained model: features per split, probes per level, metrics.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlcl.data.types import Dataset, LabeledSplit
+from mlcl.eval.metrics import mean_average_precision, top1
+from mlcl.eval.probe import evaluate_levels, knn_predict
+
+
+def _batches(inputs: torch.Tensor | list[str], batch_size: int):
+    for start in range(0, len(inputs), batch_size):
+        yield inputs[start : start + batch_size]
+
+
+@torch.no_grad()
+def extract(model: nn.Module, inputs: torch.Tensor | list[str], device: torch.device, batch_size: int = 512,
+            what: str = "features") -> torch.Tensor:
+    """Encoder features ``(N, F)`` or every head's projections ``(H, N, D)`` (``what="projections"``)."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for chunk in _batches(inputs, batch_size):
+        chunk = chunk.to(device) if isinstance(chunk, torch.Tensor) else chunk
+        if what == "features":
+            outputs.append(model.encode(chunk).float().cpu())
+        else:
+            outputs.append(model(chunk).projections.float().cpu())
+    model.train(was_training)
+    return torch.cat(outputs, dim=0 if what == "features" else 1)
+
+
+def parent_indices(dataset: Dataset) -> dict[str, torch.Tensor] | None:
+    """Each level's child -> parent id map, when the dataset has a hierarchy."""
+    if dataset.hierarchy is None:
+        return None
+    return {name: dataset.hierarchy.parent_index(name) for name in dataset.hierarchy.level_names[1:]}
+
+
+def monitor_score(model: nn.Module, dataset: Dataset, device: torch.device, train_samples: int, knn_k: int) -> float | None:
+    """Validation kNN score of the finest level (top-1, or mAP when multi-label); picks the best checkpoint.
+
+    Uses the validation split only (never test); ``None`` when the dataset has no validation split.
+    """
+    if dataset.val is None or len(dataset.val) == 0:
+        return None
+    level = dataset.levels[-1]
+    reference: LabeledSplit = dataset.train.subset(torch.arange(min(train_samples, len(dataset.train))))
+    train_x = extract(model, reference.inputs, device)
+    val_x = extract(model, dataset.val.inputs, device)
+    scores = knn_predict(train_x, reference.targets[level.name], val_x, k=knn_k)
+    if level.multi_label:
+        return mean_average_precision(scores, dataset.val.targets[level.name])
+    return top1(scores, dataset.val.targets[level.name])
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn_k: int) -> dict[str, Any]:
+    """``{"test": {LEVEL: {...}, "consistency": {...}}, "classifier": {LEVEL: top1}}`` on frozen features."""
+    train_x = extract(model, dataset.train.inputs, device)
+    test_x = extract(model, dataset.test.inputs, device)
+    val_x = extract(model, dataset.val.inputs, device) if dataset.val is not None else None
+    results: dict[str, Any] = {
+        "test": evaluate_levels(
+            train_x, dataset.train.targets, test_x, dataset.test.targets, dataset.levels,
+            parent_index=parent_indices(dataset), val_feats=val_x,
+            val_targets=dataset.val.targets if dataset.val is not None else None, knn_k=knn_k,
+        )
+    }
+    classifiers = getattr(model, "classifiers", {})
+    if len(classifiers):
+        results["classifier"] = {}
+        for level in dataset.levels:
+            if level.name in classifiers and not level.multi_label:
+                logits = classifiers[level.name](test_x.to(device)).cpu()
+                results["classifier"][level.name] = {"top1": top1(logits.argmax(1), dataset.test.targets[level.name])}
+    return results

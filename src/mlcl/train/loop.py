@@ -1,0 +1,333 @@
+"""The training loop: one run from config to checkpoints, logs, metrics and plots.
+
+A run directory holds ``config.yaml`` (the resolved config), ``checkpoints/last.pt`` and
+``checkpoints/best.pt``, ``log.csv`` (one row per epoch), ``metrics.json`` and PNG plots. The loop
+checkpoints atomically at every epoch end and when interrupted (SIGINT / SIGTERM), and ``resume``
+continues from the exact step with the same data order and random state, so an interrupted run ends
+with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from mlcl.data.types import Dataset
+from mlcl.errors import CheckpointError, ConfigError, TrainingError
+from mlcl.models.encoders import MLPEncoder, build_encoder
+from mlcl.models.heads import MultiHeadProjector
+from mlcl.models.model import MultiLevelModel
+from mlcl.train import plots
+from mlcl.train.checkpoint import load_checkpoint, save_checkpoint
+from mlcl.train.config import Config, load_config, save_config
+from mlcl.train.data_setup import prepare_dataset
+from mlcl.train.evaluation import evaluate_model, monitor_score
+from mlcl.train.methods import Objective
+from mlcl.train.runtime import StopRequest, init_distributed, resolve_device, seed_everything
+from mlcl.train.views import ViewMaker
+
+IMAGE_ENCODERS = ("small_cnn", "resnet18")
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after writing a resumable checkpoint."""
+
+    def __init__(self, signal_name: str, out_dir: Path, epoch: int, step: int):
+        super().__init__(
+            f"{signal_name} received: stopped at epoch {epoch + 1}, step {step}; a resumable checkpoint is in "
+            f"{out_dir / 'checkpoints' / 'last.pt'}. Continue with: mlcl train --resume {out_dir}"
+        )
+
+
+def build_model(config: Config, dataset: Dataset, objective: Objective) -> MultiLevelModel:
+    """Encoder for the data's modality, one projection head per objective head, optional classifiers."""
+    model_cfg = config.model
+    options = dict(model_cfg.encoder_options)
+    if dataset.modality == "image":
+        if model_cfg.encoder not in IMAGE_ENCODERS:
+            raise ConfigError(f"model.encoder={model_cfg.encoder} cannot read images; use one of {', '.join(IMAGE_ENCODERS)}")
+        encoder = build_encoder(model_cfg.encoder, in_channels=dataset.train.inputs.shape[1], **options)
+    elif dataset.modality == "features":
+        if model_cfg.encoder in IMAGE_ENCODERS:
+            raise ConfigError(
+                f"model.encoder={model_cfg.encoder} needs images, but {dataset.name} gives feature vectors "
+                "(or frozen text embeddings); use model.encoder=mlp"
+            )
+        options.pop("trainable", None)
+        encoder = MLPEncoder(in_dim=dataset.train.inputs.shape[1], **options)
+    else:
+        if model_cfg.encoder not in ("minilm", "hf"):
+            raise ConfigError(f"{dataset.name} is text: use model.encoder=minilm (or hf), not {model_cfg.encoder}")
+        encoder = build_encoder(model_cfg.encoder, **options)
+    projector = None
+    if objective.heads:
+        projector = MultiHeadProjector(
+            encoder.out_dim, len(objective.heads), hidden_dim=model_cfg.proj_hidden, out_dim=model_cfg.proj_dim,
+            depth=model_cfg.proj_depth, head_names=[h.name for h in objective.heads],
+        )
+    return MultiLevelModel(encoder, projector, classifiers=objective.classifier_levels)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 0."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class Trainer:
+    """Runs one configured training job in ``out_dir`` (see the module docstring for its files)."""
+
+    def __init__(self, config: Config, out_dir: str | Path, *, progress: bool = True):
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.rank, local_rank, self.world = init_distributed("cuda" if config.train.device.startswith("cuda") else "cpu")
+        self.device = resolve_device(config.train.device, local_rank)
+        if config.train.threads:
+            torch.set_num_threads(config.train.threads)
+        seed_everything(config.seed)
+        self.dataset = prepare_dataset(config)
+        self.objective = Objective(config.method, self.dataset, gather_distributed=self.world > 1).to(self.device)
+        self.model = build_model(config, self.dataset, self.objective).to(self.device)
+        self.module: nn.Module = self.model
+        if self.world > 1:
+            self.module = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        params = list(self.model.parameters()) + list(self.objective.parameters())
+        train = config.train
+        if train.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        self.steps_per_epoch = len(self.dataset.train) // (train.batch_size * self.world)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"train.batch_size={train.batch_size} x {self.world} process(es) is more than the "
+                f"{len(self.dataset.train)} training samples; lower train.batch_size"
+            )
+        total = self.steps_per_epoch * train.epochs
+        warmup = int(train.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, total, warmup))
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.views = ViewMaker(self.dataset.modality, config.method.views, train.augment, self.generator)
+        self.state: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "history": [], "best": None,
+                                      "epoch_sums": {}, "train_seconds": 0.0}
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loop": self.state,
+            "rng": {"torch": torch.get_rng_state(), "views": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "config": self.config.to_dict(),
+        }
+
+    def save(self, name: str) -> None:
+        if self.is_main:
+            save_checkpoint(self._checkpoint_state(), self.out_dir / "checkpoints" / name)
+
+    def restore(self, path: Path) -> None:
+        """Continue from a checkpoint of this run: weights, optimiser, schedule, position and RNG."""
+        state = load_checkpoint(path, map_location=self.device)
+        if state["config"] != self.config.to_dict():
+            raise CheckpointError(f"{path} was written by a different config than {self.out_dir / 'config.yaml'}")
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = state["loop"]
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        self.generator.set_state(state["rng"]["views"].cpu())
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+
+    # ------------------------------------------------------------------ training
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """This rank's sample indices for ``epoch``: a seeded permutation, the same after a resume."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.dataset.train), generator=generator)
+        per_step = self.config.train.batch_size * self.world
+        order = order[: self.steps_per_epoch * per_step].view(self.steps_per_epoch, self.world, -1)
+        return order[:, self.rank]
+
+    def _autocast(self):
+        if self.config.train.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _step(self, index: torch.Tensor) -> tuple[float, dict[str, float]]:
+        train = self.dataset.train
+        inputs = [train.inputs[i] for i in index.tolist()] if isinstance(train.inputs, list) else train.inputs[index]
+        targets = {name: t[index].to(self.device) for name, t in train.targets.items()}
+        views = self.views(inputs.to(self.device) if isinstance(inputs, torch.Tensor) else inputs)
+        # The forward pass updates BatchNorm statistics; keep them to restore the last good state.
+        buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
+        with self._autocast():
+            out = self.module(views)
+        n_views = self.config.method.views
+        projections = out.projections
+        if projections is not None:
+            projections = projections.view(projections.shape[0], len(index), n_views, projections.shape[-1])
+        loss, logs = self.objective(projections, out.logits, targets)
+        if not torch.isfinite(loss):
+            self.model.load_state_dict(buffers, strict=False)
+            self.save("last.pt")  # the weights before this step: the last good state
+            raise TrainingError(
+                f"the loss became {loss.item()} at epoch {self.state['epoch'] + 1}, step {self.state['step'] + 1}; "
+                f"the last good state is in {self.out_dir / 'checkpoints' / 'last.pt'}. Likely causes: a learning "
+                f"rate too high (train.lr={self.config.train.lr}) or a temperature too low "
+                f"(method.temperatures={self.config.method.temperatures}); lower the one or raise the other"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.train.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item(), logs
+
+    def _accumulate(self, loss: float, logs: dict[str, float]) -> None:
+        sums = self.state["epoch_sums"]
+        for key, value in {"loss": loss, **logs}.items():
+            sums[key] = sums.get(key, 0.0) + value
+        sums["steps"] = sums.get("steps", 0) + 1
+
+    def _end_epoch(self, seconds: float) -> None:
+        sums = self.state["epoch_sums"]
+        steps = max(1, sums.pop("steps", 1))
+        record = {"epoch": self.state["epoch"] + 1, **{k: v / steps for k, v in sums.items()},
+                  "lr": self.scheduler.get_last_lr()[0], "seconds": seconds}
+        train = self.config.train
+        last_epoch = self.state["epoch"] + 1 == train.epochs
+        if self.is_main and ((self.state["epoch"] + 1) % train.monitor_every == 0 or last_epoch):
+            score = monitor_score(self.model, self.dataset, self.device, train.monitor_train_samples, self.config.eval.knn_k)
+            if score is not None:
+                record["val_knn"] = score
+                if self.state["best"] is None or score > self.state["best"]:
+                    self.state["best"] = score
+                    self.state["best_epoch"] = record["epoch"]
+                    self.save("best.pt")
+        self.state["history"].append(record)
+        self.state["epoch_sums"] = {}
+        self.state["epoch"] += 1
+        self.state["step"] = 0
+        self.save("last.pt")
+        if self.is_main:
+            self._write_log()
+
+    def _write_log(self) -> None:
+        history = self.state["history"]
+        keys = list(dict.fromkeys(k for record in history for k in record))
+        with open(self.out_dir / "log.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(history)
+
+    def train(self) -> None:
+        """Train until ``train.epochs``; on SIGINT / SIGTERM save ``last.pt`` and raise :class:`Interrupted`."""
+        train = self.config.train
+        samples_per_step = train.batch_size * self.world
+        with StopRequest() as stop:
+            while self.state["epoch"] < train.epochs:
+                epoch = self.state["epoch"]
+                order = self._epoch_order(epoch)
+                started = time.perf_counter()
+                bar = tqdm(total=self.steps_per_epoch, initial=self.state["step"], desc=f"epoch {epoch + 1}/{train.epochs}",
+                           disable=not (self.progress and self.is_main), unit="step", mininterval=1.0, leave=False)
+                while self.state["step"] < self.steps_per_epoch:
+                    if self._stop_requested(stop):
+                        bar.close()
+                        self.state["train_seconds"] += time.perf_counter() - started
+                        self.save("last.pt")
+                        raise Interrupted(stop.signal_name or "a signal on another rank", self.out_dir, epoch,
+                                          self.state["step"])
+                    loss, logs = self._step(order[self.state["step"]])
+                    self._accumulate(loss, logs)
+                    self.state["step"] += 1
+                    self.state["global_step"] += 1
+                    elapsed = max(1e-9, time.perf_counter() - started)
+                    bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{samples_per_step * bar.n / elapsed:.0f}")
+                    bar.update(1)
+                bar.close()
+                seconds = time.perf_counter() - started
+                self.state["train_seconds"] += seconds
+                self._end_epoch(seconds)
+                if self.is_main and self.progress:
+                    record = self.state["history"][-1]
+                    extra = f", val kNN {record['val_knn']:.4f}" if "val_knn" in record else ""
+                    tqdm.write(f"epoch {record['epoch']}/{train.epochs}: loss {record['loss']:.4f}{extra} "
+                               f"({seconds:.1f} s)")
+
+    def _stop_requested(self, stop: StopRequest) -> bool:
+        """Whether any rank was asked to stop (all ranks stop at the same step)."""
+        if self.world == 1:
+            return stop.requested
+        flag = torch.tensor([1.0 if stop.requested else 0.0])
+        dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, Any]:
+        """Evaluate the best checkpoint (chosen on validation), write metrics.json and plots."""
+        best = self.out_dir / "checkpoints" / "best.pt"
+        if best.exists():
+            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+        metrics = evaluate_model(self.model, self.dataset, self.device, self.config.eval.knn_k)
+        metrics.update({
+            "dataset": self.dataset.name,
+            "method": self.config.to_dict()["method"],
+            "epochs": self.state["epoch"],
+            "best_epoch": self.state.get("best_epoch", self.state["epoch"]),
+            "train_samples": len(self.dataset.train),
+            "train_seconds": round(self.state["train_seconds"], 2),
+            "seed": self.config.seed,
+        })
+        (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        plots.training_curves(self.state["history"], self.out_dir / "curves.png")
+        if self.config.eval.embedding_map != "none":
+            plots.embedding_maps(self.model, self.dataset, self.objective.heads, self.device,
+                                 self.out_dir / "embeddings.png", self.config.eval)
+        return metrics
+
+
+def start_run(config: Config, out_dir: str | Path, *, progress: bool = True) -> Trainer:
+    """A fresh run in ``out_dir`` (refuses to overwrite another run's checkpoints)."""
+    out_dir = Path(out_dir)
+    if (out_dir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, out_dir, progress=progress)
+    if trainer.is_main:
+        save_config(config, out_dir / "config.yaml")
+    return trainer
+
+
+def resume_run(out_dir: str | Path, *, progress: bool = True) -> Trainer:
+    """The run in ``out_dir``, restored from its last checkpoint."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "config.yaml").exists():
+        raise CheckpointError(f"{out_dir} is not a run directory (no config.yaml); start one with mlcl train --out {out_dir}")
+    trainer = Trainer(load_config(out_dir / "config.yaml"), out_dir, progress=progress)
+    trainer.restore(out_dir / "checkpoints" / "last.pt")
+    return trainer

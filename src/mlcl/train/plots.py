@@ -1,0 +1,75 @@
+"""Plots of a run: training curves and a 2-D map of the test embeddings per head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+
+from mlcl.data.types import Dataset  # noqa: E402
+from mlcl.train.config import EvalConfig  # noqa: E402
+from mlcl.train.evaluation import extract  # noqa: E402
+
+
+def training_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss (total and per head) and the validation kNN score per epoch."""
+    if not history:
+        return
+    epochs = [record["epoch"] for record in history]
+    loss_keys = [k for k in history[0] if k == "loss" or k.startswith(("loss_", "ce_"))]
+    has_val = any("val_knn" in record for record in history)
+    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(11 if has_val else 6, 4), squeeze=False)
+    for key in loss_keys:
+        axes[0, 0].plot(epochs, [record.get(key, float("nan")) for record in history], marker="o", label=key)
+    axes[0, 0].set(xlabel="epoch", ylabel="training loss", title="training loss")
+    axes[0, 0].legend()
+    if has_val:
+        points = [(r["epoch"], r["val_knn"]) for r in history if "val_knn" in r]
+        axes[0, 1].plot(*zip(*points), marker="o", color="tab:green")
+        axes[0, 1].set(xlabel="epoch", ylabel="kNN score (finest level)", title="validation kNN")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _colour_labels(dataset: Dataset, level_name: str | None, index: torch.Tensor) -> tuple[torch.Tensor, str]:
+    level = next((lv for lv in dataset.levels if lv.name == level_name), dataset.levels[-1])
+    target = dataset.test.targets[level.name][index]
+    if level.multi_label:  # colour by the first label present
+        return target.argmax(1), f"{level.name} (first label)"
+    return target, level.name
+
+
+def embedding_maps(model: torch.nn.Module, dataset: Dataset, heads: list, device: torch.device, path: Path,
+                   config: EvalConfig) -> None:
+    """One panel per head (and the encoder), test points reduced to 2-D, coloured by that head's labels."""
+    generator = torch.Generator().manual_seed(0)
+    index = torch.randperm(len(dataset.test), generator=generator)[: config.map_points]
+    subset = dataset.test.subset(index)
+    panels = [("encoder features", extract(model, subset.inputs, device), dataset.levels[-1].name)]
+    if heads:
+        projections = extract(model, subset.inputs, device, what="projections")
+        panels += [(f"head {h.name}", projections[i], h.level.name if h.level else None) for i, h in enumerate(heads)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, (title, points, level_name) in zip(axes[0], panels):
+        points = torch.nn.functional.normalize(points, dim=1).numpy()
+        if config.embedding_map == "tsne":
+            xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(30, len(points) - 1)).fit_transform(points)
+        else:
+            xy = PCA(n_components=2, random_state=0).fit_transform(points)
+        colours, label_name = _colour_labels(dataset, level_name, index)
+        ax.scatter(xy[:, 0], xy[:, 1], c=colours.numpy(), cmap="tab20", s=4, alpha=0.8)
+        ax.set_title(f"{title}\ncoloured by {label_name}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{dataset.name}: test embeddings ({config.embedding_map.upper()})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

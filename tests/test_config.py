@@ -1,0 +1,90 @@
+"""Config loading, --set overrides and validation messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlcl.errors import ConfigError
+from mlcl.train.config import Config, apply_overrides, config_from_dict, load_config, parse_override, save_config
+
+
+def test_defaults_validate_and_round_trip(tmp_path):
+    config = Config().validate()
+    save_config(config, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == config
+
+
+def test_quickstart_config_loads():
+    config = load_config("configs/quickstart.yaml")
+    assert config.method.name == "mlcl" and config.method.heads == ["coarse", "fine"]
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("train.epochs=5", (["train", "epochs"], 5)),
+        ("loss.temperatures=[0.1,0.5]", (["loss", "temperatures"], [0.1, 0.5])),
+        ("data.path=/tmp/x.csv", (["data", "path"], "/tmp/x.csv")),
+        ("train.grad_clip=null", (["train", "grad_clip"], None)),
+    ],
+)
+def test_parse_override_reads_yaml_values(text, expected):
+    assert parse_override(text) == expected
+
+
+def test_overrides_apply_to_nested_sections():
+    raw = apply_overrides({"train": {"epochs": 3}}, ["train.epochs=7", "method.temperatures=[0.2,0.1]"])
+    config = config_from_dict(raw)
+    assert config.train.epochs == 7 and config.method.temperatures == [0.2, 0.1]
+
+
+def test_ints_are_accepted_where_floats_are_expected_and_single_values_become_lists():
+    config = config_from_dict({"train": {"lr": 1}, "method": {"temperatures": 0.5}})
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+    assert config_from_dict(apply_overrides({}, ["train.lr=3e-4"])).train.lr == 3e-4  # YAML 1.1 reads a string
+    assert config.method.temperatures == [0.5]
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"trian": {}}, r"unknown config key 'trian' \(did you mean 'train'\?\)"),
+        ({"train": {"epoch": 3}}, r"unknown config key 'train.epoch' \(did you mean 'train.epochs'\?\)"),
+        ({"train": {"epochs": "ten"}}, r"train.epochs must be of type int, got 'ten'"),
+        ({"train": {"lr": -1.0}}, r"train.lr must be > 0"),
+        ({"train": {"batch_size": 1}}, r"batch_size must be >= 2"),
+        ({"method": {"temperatures": [0.1, 0.0]}}, r"temperatures\[1\] must be > 0"),
+        ({"method": {"name": "supcom"}}, r"did you mean 'supcon'"),
+        ({"method": {"weights": [1.0, -2.0]}}, r"weights\[1\] must be >= 0"),
+        ({"data": {"fraction": 0.0}}, r"data.fraction must be in \(0.0, 1.0\]"),
+        ({"data": {"name": "table"}}, r"data.path is required"),
+        ({"data": {"noise": {"rate": 1.5}}}, r"data.noise.rate must be in"),
+        ({"train": []}, r"train must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_fix(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml is not valid YAML at line \d+"):
+        load_config(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(listing)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(binary)
+
+
+@pytest.mark.parametrize("text", ["train.epochs", "=3", "train.epochs=[1,"])
+def test_malformed_overrides(text):
+    with pytest.raises(ConfigError, match="--set"):
+        apply_overrides({}, [text])

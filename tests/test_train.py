@@ -1,0 +1,107 @@
+"""End-to-end training on small slices of the real datasets, through the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mlcl.cli import main
+from mlcl.data.fashion_mnist import is_available as fashion_available
+
+pytestmark = pytest.mark.skipif(not fashion_available()[0], reason="needs: apt-get install dataset-fashion-mnist")
+
+SMALL_FASHION = [
+    "data.options.limit_train=1500", "data.options.val_size=300", "data.options.limit_test=600",
+    "train.epochs=1", "train.batch_size=128", "eval.embedding_map=pca", "eval.map_points=300",
+    "model.encoder_options.width=16", "model.proj_hidden=64", "model.proj_dim=32",
+]
+
+
+def run(tmp_path, *overrides, config="configs/quickstart.yaml"):
+    out = tmp_path / "run"
+    code = main(["train", "--config", config, "--out", str(out), "--quiet", *sum((["--set", o] for o in overrides), [])])
+    return code, out
+
+
+def test_quickstart_slice_writes_every_output(tmp_path, capsys):
+    code, out = run(tmp_path, *SMALL_FASHION)
+    assert code == 0
+    for name in ("config.yaml", "log.csv", "metrics.json", "curves.png", "embeddings.png",
+                 "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for level in ("coarse", "fine"):
+        for key in ("linear_top1", "knn_top1"):
+            assert 0.0 <= metrics["test"][level][key] <= 1.0
+    # One short epoch on 1200 images already beats chance by far at both levels.
+    assert metrics["test"]["coarse"]["linear_top1"] > 0.6
+    assert metrics["test"]["fine"]["linear_top1"] > 0.4
+    assert 0.0 <= metrics["test"]["consistency"]["linear"] <= 1.0
+    assert metrics["method"]["name"] == "mlcl" and metrics["epochs"] == 1 and metrics["train_seconds"] > 0
+    printed = capsys.readouterr().out
+    assert "linear_top1" in printed and "coarse" in printed
+    header = (out / "log.csv").read_text().splitlines()[0]
+    assert "loss_coarse" in header and "loss_fine" in header and "val_knn" in header
+
+
+@pytest.mark.parametrize(
+    "method_overrides",
+    [
+        ["method.name=supcon"],
+        ["method.name=simclr", "method.temperatures=[0.5]"],
+        ["method.name=ce", "method.views=1"],
+        ["method.name=himulcon"],
+        ["method.name=mulsupcon"],
+        ["method.instance_head=true", "method.classifier_weight=0.5"],
+    ],
+    ids=["supcon", "simclr", "ce", "himulcon", "mulsupcon", "mlcl-instance-classifiers"],
+)
+def test_every_method_trains_and_evaluates(tmp_path, method_overrides):
+    code, out = run(tmp_path, *SMALL_FASHION, "data.options.limit_train=700", "eval.embedding_map=none",
+                    *method_overrides)
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) >= {"coarse", "fine"}
+    if "classifier_weight=0.5" in " ".join(method_overrides) or "method.name=ce" in method_overrides:
+        assert 0.0 <= metrics["classifier"]["fine"]["top1"] <= 1.0
+
+
+def test_multilabel_grid_reports_map_and_f1(tmp_path):
+    code, out = run(
+        tmp_path, "data.name=fashion-mnist-grid", "data.options={n_train: 600, n_val: 200, n_test: 300}",
+        "train.epochs=1", "train.batch_size=100", "eval.embedding_map=none", "model.encoder_options.width=16",
+        "model.proj_hidden=64", "model.proj_dim=32",
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for level in ("coarse", "fine"):
+        assert set(metrics["test"][level]) == {"mAP", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"}
+        assert 0.0 <= metrics["test"][level]["mAP"] <= 1.0
+
+
+def test_same_seed_reproduces_and_another_seed_differs(tmp_path):
+    overrides = [*SMALL_FASHION, "data.options.limit_train=600", "eval.embedding_map=none", "train.threads=1"]
+    runs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = tmp_path / name
+        assert main(["train", "--config", "configs/quickstart.yaml", "--out", str(out), "--quiet",
+                     *sum((["--set", o] for o in [*overrides, f"seed={seed}"]), [])]) == 0
+        runs.append(torch.load(out / "checkpoints" / "last.pt", weights_only=False)["model"])
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_embed_exports_each_head_and_the_encoder(tmp_path):
+    code, out = run(tmp_path, *SMALL_FASHION, "data.options.limit_train=600", "eval.embedding_map=none")
+    assert code == 0
+    for head, dims in (("encoder", 128), ("fine", 32), ("coarse", 32)):
+        target = tmp_path / f"{head}.npy"
+        assert main(["embed", str(out), "--head", head, "--input", "test", "--out", str(target)]) == 0
+        import numpy as np
+
+        vectors = np.load(target)
+        assert vectors.shape == (600, dims)
+    assert main(["embed", str(out), "--head", "fien", "--out", str(tmp_path / "x.npy")]) == 2
+    assert main(["eval", str(out), "--quiet"]) == 0
