@@ -189,7 +189,7 @@ class Trainer:
         projections = out.projections
         if projections is not None:
             projections = projections.view(projections.shape[0], len(index), n_views, projections.shape[-1])
-        loss, logs = self.objective(projections, out.logits, targets)
+        loss, logs = self.objective(projections, out.logits, targets, n_views)
         if not torch.isfinite(loss):
             self.model.load_state_dict(buffers, strict=False)
             self.save("last.pt")  # the weights before this step: the last good state

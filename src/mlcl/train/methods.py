@@ -129,13 +129,18 @@ class Objective(nn.Module):
         return torch.stack(per_head)
 
     def forward(
-        self, projections: torch.Tensor, logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]
+        self,
+        projections: torch.Tensor | None,
+        logits: dict[str, torch.Tensor],
+        targets: dict[str, torch.Tensor],
+        n_views: int,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``projections`` ``(H, B, V, D)``; ``logits[level]`` ``(B·V, C)`` (sample-major); targets per level."""
+        """``projections`` ``(H, B, V, D)`` (None without heads); ``logits[level]`` ``(B·V, C)``, sample-major."""
         logs: dict[str, float] = {}
-        total = projections.new_zeros((), dtype=torch.float32)
-        batch, n_views = projections.shape[1], projections.shape[2]
+        device = next(iter(targets.values())).device
+        total = torch.zeros((), dtype=torch.float32, device=device)
         if self.contrastive is not None:
+            batch = projections.shape[1]
             if self.method == "himulcon":
                 labels = torch.stack([targets[level.name] for level in self.levels], 1)
                 contrastive = self.contrastive(projections[0], labels)
