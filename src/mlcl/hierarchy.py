@@ -12,7 +12,6 @@ a shallow leaf down to the finest level under its own name). Every problem is a
 
 from __future__ import annotations
 
-import difflib
 import json
 import operator
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,44 +21,9 @@ import torch
 
 from mlcl.data.types import LabelLevel
 from mlcl.errors import DataError
+from mlcl.user_input import did_you_mean, read_utf8
 
 ParentMap = Mapping[str, "str | None"]
-
-
-def did_you_mean(name: str, options: Iterable[str]) -> str:
-    """``" (did you mean 'a' or 'b'?)"`` for the close matches of a misspelt name, or ``""``.
-
-    Close means similar spelling (difflib) or, for names of 3+ characters, one containing the other
-    ignoring case ('fine' -> 'fine_label').
-    """
-    name, options = str(name), [str(o) for o in options]
-    similar = difflib.get_close_matches(name, options, n=3, cutoff=0.6)
-    if len(name) >= 3:
-        low = name.lower()
-        similar += [o for o in options if len(o) >= 3 and (low in o.lower() or o.lower() in low)]
-    matches = list(dict.fromkeys(m for m in similar if m != name))[:3]
-    if not matches:
-        return ""
-    return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"
-
-
-def read_utf8(path: str | Path, what: str = "file") -> str:
-    """The text of a UTF-8 file (a BOM is dropped); DataError if missing or not UTF-8 (with its line)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{what} not found: {path}; check the path") from None
-    except OSError as err:
-        raise DataError(f"cannot read {what} {path}: {err.strerror or err}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}, line {line}: not valid UTF-8 (byte 0x{data[err.start]:02x}); "
-            "save the file as UTF-8"
-        ) from None
 
 
 def _default_level_names(num_levels: int) -> list[str]:

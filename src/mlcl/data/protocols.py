@@ -15,7 +15,8 @@ import torch
 
 from mlcl.data.types import LabeledSplit, LabelLevel
 from mlcl.errors import DataError
-from mlcl.hierarchy import Hierarchy, did_you_mean
+from mlcl.hierarchy import Hierarchy
+from mlcl.user_input import did_you_mean
 
 
 def round_half_up(x: float) -> int:

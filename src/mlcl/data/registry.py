@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from mlcl.data import bbc, digits, fashion_mnist, grid, wordnet
 from mlcl.data.types import Dataset, Modality
 from mlcl.errors import DataError
+from mlcl.user_input import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,10 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def _suggest(name: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(name, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def get_info(name: str) -> DatasetInfo:
     """The entry for ``name``; DataError suggesting the closest name if it is unknown."""
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}{_suggest(name, list(DATASETS))}; "
+        raise DataError(f"unknown dataset {name!r}{did_you_mean(name, list(DATASETS))}; "
                         f"built-in datasets: {', '.join(DATASETS)}")
     return DATASETS[name]
 
@@ -71,7 +66,7 @@ def load_dataset(name: str, **options: object) -> Dataset:
     info = get_info(name)
     for option in options:
         if option not in info.options:
-            hint = _suggest(option, info.options)
+            hint = did_you_mean(option, info.options)
             raise DataError(f"unknown option {option!r} for dataset {name!r}{hint}; "
                             f"valid options: {', '.join(info.options)}")
     return info.loader(**options)

@@ -25,7 +25,8 @@ import torch
 from mlcl.data.image_folder import IMAGE_SUFFIXES, load_images
 from mlcl.data.types import LabeledSplit, LabelLevel
 from mlcl.errors import DataError
-from mlcl.hierarchy import Hierarchy, did_you_mean, read_utf8
+from mlcl.hierarchy import Hierarchy
+from mlcl.user_input import did_you_mean, read_utf8
 
 InputKind = Literal["auto", "text", "image", "features"]
 _FLOAT32_MAX = float(np.finfo(np.float32).max)

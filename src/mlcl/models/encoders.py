@@ -5,7 +5,6 @@ Every encoder exposes ``out_dim``, the size of the features it returns.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Sequence
 
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from mlcl.errors import ConfigError
+from mlcl.user_input import did_you_mean
 from mlcl.models.heads import check_positive_int
 from mlcl.models.text import HFTextEncoder, MiniLMEncoder
 
@@ -138,17 +138,14 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 def build_encoder(name: str, **kwargs: object) -> nn.Module:
     """The encoder called ``name`` built with ``kwargs``; a :class:`ConfigError` for an unknown name or argument."""
     if name not in ENCODERS:
-        close = difflib.get_close_matches(str(name), ENCODERS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown encoder {name!r}{hint} (choices: {', '.join(ENCODERS)})")
+        raise ConfigError(f"unknown encoder {name!r}{did_you_mean(name, ENCODERS)}; choices: {', '.join(ENCODERS)}")
     factory = ENCODERS[name]
     signature = inspect.signature(factory)
     for key in kwargs:
         if key not in signature.parameters:
-            close = difflib.get_close_matches(key, signature.parameters, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"encoder {name!r} has no argument {key!r}{hint} (arguments: {', '.join(signature.parameters)})"
+                f"encoder {name!r} has no argument {key!r}{did_you_mean(key, signature.parameters)}; "
+                f"arguments: {', '.join(signature.parameters)}"
             )
     try:
         signature.bind(**kwargs)

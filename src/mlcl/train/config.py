@@ -7,7 +7,6 @@ and how to fix it; an unknown key gets the closest valid key as a suggestion.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 import yaml
 
 from mlcl.errors import ConfigError
+from mlcl.user_input import did_you_mean
 
 METHODS = ("ce", "supcon", "simclr", "himulcon", "mulsupcon", "mlcl")
 INSTANCE_HEAD = "instance"
@@ -178,7 +178,7 @@ class Config:
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{_suggest(str(value), choices)}")
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{did_you_mean(str(value), choices)}")
 
 
 def _check_range(key: str, value: float, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
@@ -187,11 +187,6 @@ def _check_range(key: str, value: float, low: float, high: float, *, low_open: b
     if too_low or too_high:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ConfigError(f"{key} must be in {interval}, got {value}")
-
-
-def _suggest(name: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _accepts(hint: Any, value: Any) -> tuple[bool, Any]:
@@ -253,7 +248,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             valid = [f"{prefix}.{n}" if prefix else n for n in names]
-            raise ConfigError(f"unknown config key {full!r}{_suggest(full, valid)}; valid keys here: {', '.join(names)}")
+            raise ConfigError(f"unknown config key {full!r}{did_you_mean(full, valid)}; valid keys here: {', '.join(names)}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, full)

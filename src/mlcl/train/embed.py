@@ -9,7 +9,7 @@ import torch
 
 from mlcl.data.tabular import load_table
 from mlcl.errors import MlclError
-from mlcl.hierarchy import did_you_mean
+from mlcl.user_input import did_you_mean
 from mlcl.train.checkpoint import load_checkpoint
 from mlcl.train.config import load_config
 from mlcl.train.data_setup import USER_SPLIT_OPTIONS

@@ -16,7 +16,7 @@ from torch import nn
 from mlcl import distributed, relations
 from mlcl.data.types import Dataset, LabelLevel
 from mlcl.errors import ConfigError
-from mlcl.hierarchy import did_you_mean
+from mlcl.user_input import did_you_mean
 from mlcl.losses import MultiLevelSupConLoss
 from mlcl.losses.himulcon import HiMulConLoss
 from mlcl.losses.mulsupcon import MulSupConLoss
