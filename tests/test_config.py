@@ -88,3 +88,49 @@ def test_config_file_errors_name_the_file(tmp_path):
 def test_malformed_overrides(text):
     with pytest.raises(ConfigError, match="--set"):
         apply_overrides({}, [text])
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mlcl.cli import main  # noqa: E402
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),
+                     st.text(max_size=12))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+    st.sampled_from(["name", "epochs", "lr", "temperatures", "heads", "rate", "x"]), inner, max_size=3),
+    max_leaves=8)
+_sections = st.dictionaries(
+    st.sampled_from(["seed", "data", "model", "method", "train", "eval", "trian"]),
+    st.one_of(_values, st.dictionaries(st.sampled_from(
+        ["name", "epochs", "lr", "temperatures", "weights", "heads", "fraction", "noise", "batch_size",
+         "encoder", "views", "precision", "knn_k", "optimizer", "grad_clip"]), _values, max_size=4)),
+    max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(raw=_sections)
+def test_fuzzed_configs_give_a_config_or_a_config_error(raw):
+    try:
+        config = config_from_dict(raw)
+    except ConfigError:
+        return
+    assert isinstance(config, Config)
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(max_size=40))
+def test_fuzzed_config_files_give_a_config_or_a_config_error(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("cfg") / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_config(path)
+    except ConfigError:
+        pass
+
+
+def test_datasets_command_lists_every_builtin(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fashion-mnist", "fashion-mnist-grid", "wordnet-nouns", "bbc-news", "digits"):
+        assert name in out

@@ -1,0 +1,91 @@
+"""Training on every kind of input: user text tables (frozen and fine-tuned MiniLM), multi-label JSONL,
+image folders, and the training options (bf16, AdamW, clipping, ResNet-18)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from mlcl.cli import main
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+TINY = ["train.epochs=1", "eval.embedding_map=none", "model.proj_hidden=16", "model.proj_dim=8",
+        "train.monitor_train_samples=50", "eval.knn_k=3"]
+
+
+def train(out: Path, *overrides: str) -> dict:
+    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(out), "--quiet"]
+    code = main(args + sum((["--set", o] for o in [*TINY, *overrides]), []))
+    assert code == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.fixture
+def embedding_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLCL_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_text_table_with_frozen_minilm(tmp_path, embedding_cache):
+    metrics = train(
+        tmp_path / "run", "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
+        "data.options={input: text, levels: [coarse, fine], test_fraction: 0.5, val_fraction: 0.0}",
+        "model.encoder=minilm", "model.encoder_options={hidden: [32], out_dim: 16}", "train.batch_size=4",
+    )
+    assert set(metrics["test"]) >= {"coarse", "fine"}
+    assert any(embedding_cache.rglob("*")), "frozen MiniLM embeddings are cached on disk"
+
+
+def test_text_table_with_leaf_labels_and_hierarchy_file(tmp_path, embedding_cache):
+    metrics = train(
+        tmp_path / "run", "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
+        f"data.options={{input: text, leaf: fine, hierarchy: {EXAMPLES / 'tiny_hierarchy.json'}, "
+        "test_fraction: 0.5, val_fraction: 0.0}",
+        "model.encoder=minilm", "model.encoder_options={hidden: [32], out_dim: 16}", "train.batch_size=4",
+    )
+    assert 0.0 <= metrics["test"]["consistency"]["linear"] <= 1.0
+
+
+def test_fine_tuned_minilm_with_dropout_views(tmp_path):
+    metrics = train(
+        tmp_path / "run", "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
+        "data.options={input: text, levels: [coarse, fine], test_fraction: 0.5, val_fraction: 0.0}",
+        "model.encoder=minilm", "model.encoder_options={trainable: true, max_length: 32}", "train.batch_size=4",
+        "train.optimizer=adamw", "train.lr=2e-5",
+    )
+    assert set(metrics["test"]) >= {"coarse", "fine"}
+
+
+def test_multilabel_jsonl(tmp_path, embedding_cache):
+    metrics = train(
+        tmp_path / "run", "data.name=table", f"data.path={EXAMPLES / 'tiny_multilabel.jsonl'}",
+        "data.options={input: text, multi_label: labels, test_fraction: 0.34, val_fraction: 0.25}",
+        "model.encoder=minilm", "model.encoder_options={hidden: [32], out_dim: 16}", "train.batch_size=4",
+        "method.heads=[labels]", "method.temperatures=[0.2]", "method.weights=[1.0]",
+    )
+    assert set(metrics["test"]["labels"]) == {"mAP", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"}
+
+
+def test_image_folder_with_resnet_bf16_adamw_and_clipping(tmp_path):
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for coarse, fines in {"round": ["ball", "coin"], "square": ["box", "tile"]}.items():
+        for i, fine in enumerate(fines):
+            folder = root / coarse / fine
+            folder.mkdir(parents=True)
+            for k in range(8):
+                image = rng.random((12, 12)) * 0.3
+                image[2 * i : 2 * i + 6, 3:9] = 1.0 if coarse == "round" else 0.6
+                plt.imsave(folder / f"{k}.png", image, cmap="gray", vmin=0, vmax=1)
+    metrics = train(
+        tmp_path / "run", "data.name=image-folder", f"data.path={root}",
+        "data.options={test_fraction: 0.25, val_fraction: 0.25}", "model.encoder=resnet18",
+        "model.encoder_options={width: 4}", "train.batch_size=8", "train.precision=bf16", "train.optimizer=adamw",
+        "train.lr=1e-3", "train.grad_clip=1.0",
+    )
+    assert set(metrics["test"]) >= {"coarse", "fine"}
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
