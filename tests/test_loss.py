@@ -225,3 +225,18 @@ def test_relations_builders():
 def test_bad_input_raises_value_error_naming_the_problem(make_call, message):
     with pytest.raises(ValueError, match=message):
         make_call()
+
+
+@pytest.mark.parametrize("dtype,temperature", [(torch.float64, 0.002), (torch.float32, 0.02), (torch.float32, 0.5)])
+def test_row_max_and_fixed_shift_paths_match_brute_force(dtype, temperature):
+    # β = 1/τ above the dtype's fixed-shift limit takes the row-max logsumexp; below it, the constant shift.
+    z, labels, _, _ = random_case(7, heads=2, batch=9, views=2, dims=6)
+    z = z * 0.3  # keep some anchors far from all others so a naive shift would underflow
+    temps, weights = [temperature, temperature], [1.0, 0.5]
+    value, grad = grad_of(lambda x: MultiLevelSupConLoss(temps, weights, block_size=4)(x, labels), z.to(dtype))
+    ref_value, ref_grad = grad_of(
+        lambda x: reference_loss(x, dense_from_labels(labels), temps, weights, labelled=labels.t() >= 0)[0], z
+    )
+    tol = 1e-10 if dtype == torch.float64 else 2e-4
+    torch.testing.assert_close(value.double(), ref_value, rtol=tol, atol=tol)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=tol * 10, atol=tol * ref_grad.abs().max().item())

@@ -24,6 +24,8 @@ import torch
 
 # Elements of one (H, block, n) similarity block: 2**24 float32 = 64 MiB.
 DEFAULT_BLOCK_ELEMENTS = 1 << 24
+# Largest β = 1/τ for which exp(-2β) stays a normal number (float32: exp(-80) ≈ 1.8e-35).
+_MAX_FIXED_SHIFT = {torch.float32: 40.0, torch.float64: 300.0}
 
 
 class RelationOperator(Protocol):
@@ -177,23 +179,33 @@ def supcon_forward_and_grad(
     grad = torch.zeros_like(keys) if need_grad else None
     block = _block_rows(num_heads, num_keys, num_anchors, block_size)
     keys_t = keys.transpose(1, 2)
+    # Rows are unit vectors, so every logit is at most β. When exp(-2β) cannot underflow, shifting by
+    # the constant β (folded into the matmul) replaces the row-max pass of a usual logsumexp.
+    fixed_shift = bool(inv_tau.max() <= _MAX_FIXED_SHIFT[keys.dtype])
+    neg_beta = -beta
     for start in range(0, num_anchors, block):
         stop = min(start + block, num_anchors)
         rows = anchors[:, start:stop]
-        sims = torch.bmm(rows * beta, keys_t)  # (H, blk, N) logits
+        scaled = rows * beta
+        if fixed_shift:
+            sims = torch.baddbmm(neg_beta, scaled, keys_t)  # (H, blk, N) logits − β
+            shift = beta
+        else:
+            sims = torch.bmm(scaled, keys_t)
         local = torch.arange(stop - start, device=keys.device)
         sims[:, local, local + anchor_rows.start + start] = float("-inf")
-        row_max = sims.amax(dim=-1, keepdim=True)
-        sims.sub_(row_max).exp_()
-        norm = sims.sum(dim=-1, keepdim=True)
-        lse[:, start:stop] = (row_max + norm.log()).squeeze(-1)
-        if need_grad:
-            probs = sims.div_(norm)
-            expected_rows = torch.bmm(probs, keys)  # (H, blk, D)
+        if not fixed_shift:
+            shift = sims.amax(dim=-1, keepdim=True)
+            sims.sub_(shift)
+        exps = sims.exp_()
+        norm = exps.sum(dim=-1, keepdim=True)
+        lse[:, start:stop] = (shift + norm.log()).squeeze(-1)
+        if need_grad:  # softmax P = exps / norm, with 1 / norm folded into the small operands
+            expected_rows = torch.bmm(exps, keys) / norm  # (H, blk, D): Σ_j P_ij ẑ_j
             expected_sim[:, start:stop] = (rows * expected_rows).sum(-1)
             c = weight[:, start:stop].unsqueeze(-1)
             grad[:, anchor_rows.start + start : anchor_rows.start + stop] += beta * c * expected_rows
-            grad.baddbmm_(probs.transpose(1, 2), rows * (beta * c))
+            grad.baddbmm_(exps.transpose(1, 2), scaled * (c / norm))
 
     degree = relation.degree().to(keys.dtype)
     safe_degree = degree.clamp_min(1e-12)
