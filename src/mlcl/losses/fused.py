@@ -175,50 +175,48 @@ def supcon_forward_and_grad(
     beta = inv_tau.to(keys.dtype).view(num_heads, 1, 1)
     weight = anchor_weight.to(keys.dtype)
     lse = keys.new_empty(num_heads, num_anchors)
-    expected_sim = keys.new_empty(num_heads, num_anchors)  # Σ_j P_ij <ẑ_i, ẑ_j>
+    expected = keys.new_empty(anchors.shape) if need_grad else None  # Σ_j P_ij ẑ_j per anchor
     grad = torch.zeros_like(keys) if need_grad else None
     block = _block_rows(num_heads, num_keys, num_anchors, block_size)
-    keys_t = keys.transpose(1, 2)
-    # Rows are unit vectors, so every logit is at most β. When exp(-2β) cannot underflow, shifting by
-    # the constant β (folded into the matmul) replaces the row-max pass of a usual logsumexp.
+    # Rows are unit vectors, so every logit is at most β. When exp(-2β) cannot underflow, the constant
+    # shift β replaces the row-max pass of a usual logsumexp; it rides along in the matmul as one extra
+    # coordinate (anchor: -β, key: 1), which costs far less than a pass over the (H, blk, N) block.
     fixed_shift = bool(inv_tau.max() <= _MAX_FIXED_SHIFT[keys.dtype])
-    neg_beta = -beta
+    scaled_anchors = anchors * beta
+    if fixed_shift:
+        keys_t = torch.cat([keys, keys.new_ones(num_heads, num_keys, 1)], dim=2).transpose(1, 2)
+        lhs = torch.cat([scaled_anchors, (-beta).expand(num_heads, num_anchors, 1)], dim=2)
+    else:
+        keys_t, lhs = keys.transpose(1, 2), scaled_anchors
     for start in range(0, num_anchors, block):
         stop = min(start + block, num_anchors)
-        rows = anchors[:, start:stop]
-        scaled = rows * beta
-        if fixed_shift:
-            sims = torch.baddbmm(neg_beta, scaled, keys_t)  # (H, blk, N) logits − β
-            shift = beta
-        else:
-            sims = torch.bmm(scaled, keys_t)
+        sims = torch.bmm(lhs[:, start:stop], keys_t)  # (H, blk, N) logits (− β with the fixed shift)
         local = torch.arange(stop - start, device=keys.device)
         sims[:, local, local + anchor_rows.start + start] = float("-inf")
-        if not fixed_shift:
+        if fixed_shift:
+            shift = beta
+        else:
             shift = sims.amax(dim=-1, keepdim=True)
             sims.sub_(shift)
         exps = sims.exp_()
         norm = exps.sum(dim=-1, keepdim=True)
         lse[:, start:stop] = (shift + norm.log()).squeeze(-1)
         if need_grad:  # softmax P = exps / norm, with 1 / norm folded into the small operands
-            expected_rows = torch.bmm(exps, keys) / norm  # (H, blk, D): Σ_j P_ij ẑ_j
-            expected_sim[:, start:stop] = (rows * expected_rows).sum(-1)
-            c = weight[:, start:stop].unsqueeze(-1)
-            grad[:, anchor_rows.start + start : anchor_rows.start + stop] += beta * c * expected_rows
-            grad.baddbmm_(exps.transpose(1, 2), scaled * (c / norm))
+            expected[:, start:stop] = torch.bmm(exps, keys).div_(norm)
+            coef = weight[:, start:stop].unsqueeze(-1) / norm
+            grad.baddbmm_(exps.transpose(1, 2), scaled_anchors[:, start:stop] * coef)
 
-    degree = relation.degree().to(keys.dtype)
-    safe_degree = degree.clamp_min(1e-12)
-    positives = relation.positive_sum(keys) / safe_degree.unsqueeze(-1)  # (H, m, D)
-    positive_sim = (anchors * positives).sum(-1)
+    degree = relation.degree().to(keys.dtype).clamp_min(1e-12).unsqueeze(-1)
+    positives = relation.positive_sum(keys).div_(degree)  # (H, m, D): Σ_j w_ij ẑ_j / Σ_j w_ij
+    positive_sim = torch.linalg.vecdot(anchors, positives)
     per_anchor = lse - beta.view(num_heads, 1) * positive_sim
     head_loss = torch.where(weight > 0, weight * per_anchor, torch.zeros_like(per_anchor)).sum(1)
     if not need_grad:
         return head_loss, None, None
-    c = weight.unsqueeze(-1)
-    grad[:, anchor_rows] -= beta * c * positives
-    grad -= beta * relation.positive_sum_transposed(anchors * (c / safe_degree.unsqueeze(-1)))
-    grad_inv_tau = (weight * (expected_sim - positive_sim)).sum(1)
+    coef = beta * weight.unsqueeze(-1)
+    grad[:, anchor_rows] += coef * (expected - positives)
+    grad -= relation.positive_sum_transposed(anchors * (coef / degree))
+    grad_inv_tau = (weight * (torch.linalg.vecdot(anchors, expected) - positive_sim)).sum(1)
     return head_loss, grad, grad_inv_tau
 
 
