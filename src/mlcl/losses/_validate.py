@@ -7,34 +7,26 @@ from collections.abc import Sequence
 import torch
 
 
+def _check_layout(z: torch.Tensor, owner: str, layout: str, meaning: str, hint: str) -> None:
+    """``z`` must be a non-empty floating tensor with one dimension per name in ``layout``."""
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"{owner} must be a torch.Tensor of shape {layout}, got {type(z).__name__}")
+    if z.ndim != layout.count(",") + 1:
+        raise ValueError(f"{owner} must have shape {layout} = ({meaning}), got shape {tuple(z.shape)}; {hint}")
+    if not z.dtype.is_floating_point:
+        raise ValueError(f"{owner} must be a floating-point tensor, got dtype {z.dtype}")
+    if 0 in z.shape:
+        raise ValueError(f"{owner} must not be empty, got shape {tuple(z.shape)}")
+
+
 def check_projections(z: torch.Tensor) -> None:
     """``z`` must be a floating ``(H, B, V, D)`` tensor."""
-    if not isinstance(z, torch.Tensor):
-        raise ValueError(f"z must be a torch.Tensor of shape (H, B, V, D), got {type(z).__name__}")
-    if z.ndim != 4:
-        raise ValueError(
-            f"z must have shape (H, B, V, D) = (heads, samples, views, dims), got shape {tuple(z.shape)}; "
-            "for a single head and view use z[None, :, None, :]"
-        )
-    if not z.dtype.is_floating_point:
-        raise ValueError(f"z must be a floating-point tensor, got dtype {z.dtype}")
-    if 0 in z.shape:
-        raise ValueError(f"z must not be empty, got shape {tuple(z.shape)}")
+    _check_layout(z, "z", "(H, B, V, D)", "heads, samples, views, dims", "for a single head and view use z[None, :, None, :]")
 
 
 def check_views(z: torch.Tensor, loss_name: str) -> None:
     """``z`` must be a non-empty floating ``(B, V, D)`` tensor (samples, views, dims)."""
-    if not isinstance(z, torch.Tensor):
-        raise ValueError(f"{loss_name} expects z as a torch.Tensor of shape (B, V, D), got {type(z).__name__}")
-    if z.ndim != 3:
-        raise ValueError(
-            f"{loss_name} expects z of shape (B, V, D) = (samples, views, dims), got shape {tuple(z.shape)}; "
-            "for one view use z[:, None, :]"
-        )
-    if not z.dtype.is_floating_point:
-        raise ValueError(f"{loss_name} expects a floating-point z, got dtype {z.dtype}")
-    if 0 in z.shape:
-        raise ValueError(f"{loss_name} expects a non-empty z, got shape {tuple(z.shape)}")
+    _check_layout(z, f"{loss_name}'s z", "(B, V, D)", "samples, views, dims", "for one view use z[:, None, :]")
 
 
 def check_relation(relation: torch.Tensor, num_heads: int, batch: int, key_batch: int | None = None) -> None:
