@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from mlcl.errors import MlclError
+from mlcl.train.runtime import distributed_worker, launch_local
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -38,8 +38,9 @@ def _summary_table(metrics: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _launch_distributed(nproc: int, argv: list[str]) -> int:
-    """Re-run this command under torchrun with ``nproc`` processes on this machine."""
+def _launch_distributed(nproc: int, argv: list[str], debug: bool = False) -> int:
+    """Re-run this command as ``nproc`` processes on this machine: ``torchrun --standalone`` run in this
+    process (:func:`mlcl.train.runtime.launch_local`), which sums up a failed worker in one line."""
     forwarded = []
     skip = False
     for arg in argv:
@@ -52,17 +53,16 @@ def _launch_distributed(nproc: int, argv: list[str]) -> int:
         if arg.startswith("--nproc="):
             continue
         forwarded.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "mlcl", *forwarded]
-    return subprocess.call(command)
+    return launch_local(nproc, forwarded, debug=debug)
 
 
+@distributed_worker  # in a torchrun worker: report a failure to the launcher, close the process group
 def cmd_train(args: argparse.Namespace) -> int:
     from mlcl.train.config import load_config
     from mlcl.train.loop import resume_run, start_run
 
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return _launch_distributed(args.nproc, args.argv)
+        return _launch_distributed(args.nproc, args.argv, debug=args.debug)
     if args.resume:
         if args.config or args.set:
             raise MlclError("--resume continues a run with its saved config; drop --config / --set")
@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     datasets = sub.add_parser("datasets", help="list the built-in datasets and whether their data is here")
     datasets.add_argument("--json", action="store_true")
     datasets.set_defaults(func=cmd_datasets)
+
+    from mlcl.experiments.cli import add_experiment_parser
+
+    add_experiment_parser(sub)
     return parser
 
 

@@ -1,0 +1,62 @@
+"""Linear-probe accuracy after every epoch of ONE run (the convergence curves).
+
+Re-running with ``train.epochs=k`` for every k would change the cosine schedule with k (the learning
+rate at epoch k of a k-epoch run is already ~0) and cost k runs; instead the weights at the end of
+every epoch of a single run are kept in memory and probed after training, so probing never counts
+as training time and the schedule is the one of the full run.
+
+The trainer has no public per-epoch hook yet, so :func:`record_epochs` wraps the trainer's
+``_end_epoch`` on that one instance (it runs after the epoch's checkpoint and validation check).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+SnapshotList = list[tuple[int, dict[str, torch.Tensor]]]
+
+
+def snapshot_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a model's weights."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def record_epochs(trainer: Any, snapshots: SnapshotList) -> None:
+    """After each epoch of ``trainer``, append ``(epoch, weights)`` to ``snapshots``."""
+    end_epoch = trainer._end_epoch
+
+    def end_epoch_and_snapshot(seconds: float) -> None:
+        end_epoch(seconds)
+        snapshots.append((trainer.state["epoch"], snapshot_state(trainer.model)))
+
+    trainer._end_epoch = end_epoch_and_snapshot
+
+
+def evaluate_snapshots(trainer: Any, snapshots: SnapshotList) -> list[dict[str, Any]]:
+    """Test metrics of every snapshot: ``[{"epoch", "steps", "train_seconds", "val_knn", "metrics"}]``.
+
+    ``train_seconds`` is cumulative training time up to that epoch (from the run's history); the
+    model is left with the last snapshot's weights.
+    """
+    from mlcl.experiments.runner import _flatten_metrics
+    from mlcl.train.evaluation import evaluate_model
+
+    history = {record["epoch"]: record for record in trainer.state["history"]}
+    curve, elapsed = [], 0.0
+    seconds_by_epoch = {}
+    for epoch in sorted(history):
+        elapsed += history[epoch].get("seconds", 0.0)
+        seconds_by_epoch[epoch] = elapsed
+    for epoch, weights in snapshots:
+        trainer.model.load_state_dict(weights)
+        metrics = evaluate_model(trainer.model, trainer.dataset, trainer.device, trainer.config.eval.knn_k)
+        curve.append({
+            "epoch": epoch,
+            "steps": epoch * trainer.steps_per_epoch,
+            "train_seconds": round(seconds_by_epoch.get(epoch, float("nan")), 2),
+            "val_knn": history.get(epoch, {}).get("val_knn"),
+            "metrics": _flatten_metrics(metrics),
+        })
+    return curve

@@ -1,0 +1,571 @@
+"""``docs/results.md`` from ``docs/results/*.jsonl``: mean ± std tables, MLCL − best baseline, plots.
+
+Every number is a percentage (x100) of a test-split metric, shown as ``mean ± std (n=seeds)`` with
+the sample standard deviation over seeds. "MLCL − best baseline" is the difference of means between
+an MLCL variant and the best baseline *of that row* (highest mean; the ``raw-input`` reference is
+not a baseline). A ``*`` marks a difference larger than twice its standard error
+(``2·sqrt(s1²/n1 + s2²/n2)``, both n >= 2); without it the difference is within seed noise. Every row
+where an MLCL variant is below the best baseline is listed, in words, under "Where MLCL loses".
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlcl.experiments import grids
+from mlcl.experiments.runner import read_lines
+
+BASELINE_ORDER = ("raw-input", "ce", "simclr", "triplet", "supcon", "himulcon", "mulsupcon")
+REFERENCES = ("raw-input",)  # shown, but not a baseline MLCL is compared with
+LEVEL_METRICS = (("fine", "linear_top1"), ("coarse", "linear_top1"), ("fine", "knn_top1"), ("coarse", "knn_top1"))
+METRIC_NAMES = {"linear_top1": "linear-probe top-1", "knn_top1": "kNN top-1", "mAP": "mAP",
+                "micro_f1": "micro-F1", "macro_f1": "macro-F1", "subset_accuracy": "subset accuracy",
+                "classifier_top1": "end-to-end classifier top-1"}
+
+
+def is_mlcl(method: str) -> bool:
+    return method.startswith("mlcl")
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float  # sample standard deviation (ddof=1); 0 for a single value
+    n: int
+
+
+def stat(values: Iterable[float]) -> Stat | None:
+    """Mean, sample std and count of the finite values; None when there are none."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not xs:
+        return None
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return Stat(mean, std, len(xs))
+
+
+def fmt_stat(s: Stat | None, scale: float = 100.0) -> str:
+    """``81.23 ± 0.45 (n=3)`` (a single seed: ``81.23 (n=1)``; nothing: an em dash)."""
+    if s is None:
+        return "—"
+    if s.n == 1:
+        return f"{s.mean * scale:.2f} (n=1)"
+    return f"{s.mean * scale:.2f} ± {s.std * scale:.2f} (n={s.n})"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    variant: str
+    baseline: str
+    diff: float  # variant mean − best baseline mean (higher is better)
+    significant: bool
+    variant_stat: Stat
+    baseline_stat: Stat
+
+
+def compare(stats: dict[str, Stat | None]) -> list[Comparison]:
+    """Each MLCL variant of a row against the best baseline of that row."""
+    baselines = {m: s for m, s in stats.items() if s is not None and not is_mlcl(m) and m not in REFERENCES}
+    if not baselines:
+        return []
+    best = max(baselines, key=lambda m: baselines[m].mean)
+    b = baselines[best]
+    out = []
+    for method, s in stats.items():
+        if s is None or not is_mlcl(method):
+            continue
+        diff = s.mean - b.mean
+        significant = False
+        if s.n >= 2 and b.n >= 2:
+            se = math.sqrt(s.std**2 / s.n + b.std**2 / b.n)
+            significant = abs(diff) > 2 * se
+        out.append(Comparison(method, best, diff, significant, s, b))
+    return out
+
+
+def fmt_diff(c: Comparison, scale: float = 100.0) -> str:
+    return f"{c.diff * scale:+.2f}{'*' if c.significant else ''} (vs {c.baseline})"
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def order_methods(methods: Iterable[str]) -> list[str]:
+    methods = list(dict.fromkeys(methods))
+    base = [m for m in BASELINE_ORDER if m in methods]
+    others = sorted(m for m in methods if m not in base and not is_mlcl(m))
+    mlcl = sorted((m for m in methods if is_mlcl(m)), key=lambda m: (m != "mlcl", m))
+    return base + others + mlcl
+
+
+@dataclass
+class Collector:
+    """Collects every comparison of the report for the "where MLCL loses" summary."""
+
+    losses: list[str] = field(default_factory=list)
+    tally: dict[str, list[Comparison]] = field(default_factory=lambda: defaultdict(list))
+
+
+def table(row_label: str, rows: list[tuple[str, dict[str, list[float]]]], context: str,
+          collector: Collector | None) -> str:
+    """A markdown table: one row per setting, one column per method, then MLCL − best baseline."""
+    methods = order_methods(m for _, cells in rows for m in cells)
+    variants = [m for m in methods if is_mlcl(m)]
+    has_baseline = any(not is_mlcl(m) and m not in REFERENCES for m in methods)
+    diff_columns = variants if has_baseline else []
+    header = [row_label, *methods, *(f"{v} − best baseline" for v in diff_columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, cells in rows:
+        stats = {m: stat(cells.get(m, [])) for m in methods}
+        comparisons = {c.variant: c for c in compare(stats)}
+        row = [label, *(fmt_stat(stats[m]) for m in methods)]
+        row += [fmt_diff(comparisons[v]) if v in comparisons else "—" for v in diff_columns]
+        lines.append("| " + " | ".join(row) + " |")
+        if collector is not None:
+            for c in comparisons.values():
+                collector.tally[c.variant].append(c)
+                if c.diff < 0:
+                    collector.losses.append(
+                        f"{context}, {row_label} {label}: {c.variant} {c.variant_stat.mean * 100:.2f} vs "
+                        f"{c.baseline} {c.baseline_stat.mean * 100:.2f} ({c.diff * 100:+.2f} points, "
+                        f"{'beyond' if c.significant else 'within'} seed noise)"
+                    )
+    return "\n".join(lines)
+
+
+def metric_of(line: dict[str, Any], level: str, metric: str) -> float | None:
+    value = line.get("metrics", {}).get(level, {}).get(metric)
+    return None if value is None else float(value)
+
+
+def grouped(lines: Iterable[dict[str, Any]], row_of: Callable[[dict], Any], value_of: Callable[[dict], float | None]
+            ) -> dict[Any, dict[str, list[float]]]:
+    out: dict[Any, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for line in lines:
+        value = value_of(line)
+        if value is not None:
+            out[row_of(line)][line["method"]].append(value)
+    return out
+
+
+def ok(lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [line for line in lines if not line.get("error") and line.get("metrics")]
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:g} %"
+
+
+def _epochs_label(lines: list[dict[str, Any]], **match: Any) -> str:
+    epochs = sorted({line.get("epochs") for line in lines if all(line.get(k) == v for k, v in match.items())})
+    return f" ({'/'.join(str(e) for e in epochs)} ep)" if epochs else ""
+
+
+def _command(name: str, patterns: str | None = None) -> str:
+    cells = f" --cells '{patterns}'" if patterns else ""
+    after = "" if name == "sweep" else " (after `mlcl experiment sweep`)"
+    return f"Command: `mlcl experiment {name}{cells}`{after}, then `mlcl experiment report`."
+
+
+def _rel(path: Path, md: Path) -> str:
+    return os.path.relpath(path, md.parent).replace(os.sep, "/")
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def _plot_lines(series: dict[str, list[tuple[float, Stat]]], path: Path, xlabel: str, ylabel: str, title: str,
+                logx: bool = False, extra: dict[str, list[tuple[float, Stat]]] | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    extra = extra or {}
+    names = order_methods([*series, *(name.split(" ")[0] for name in extra)])
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method in order_methods(series):
+        points = sorted(series[method])
+        xs = [x for x, _ in points]
+        ax.errorbar(xs, [s.mean * 100 for _, s in points], yerr=[s.std * 100 for _, s in points], marker="o",
+                    capsize=3, label=method, color=colors[method], linewidth=2.2 if method == "mlcl" else 1.3)
+    for method, points in extra.items():
+        points = sorted(points)
+        ax.errorbar([x for x, _ in points], [s.mean * 100 for _, s in points], yerr=[s.std * 100 for _, s in points],
+                    marker="s", fillstyle="none", linestyle="none", capsize=3, label=method,
+                    color=colors[method.split(" ")[0]])
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _series(lines: list[dict[str, Any]], x_of: Callable[[dict], float], value_of: Callable[[dict], float | None]
+            ) -> dict[str, list[tuple[float, Stat]]]:
+    groups = grouped(lines, x_of, value_of)
+    series: dict[str, list[tuple[float, Stat]]] = defaultdict(list)
+    for x, cells in groups.items():
+        for method, values in cells.items():
+            s = stat(values)
+            if s is not None:
+                series[method].append((x, s))
+    return series
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+@dataclass
+class Report:
+    markdown: str
+    plots: list[Path]
+    losses: list[str]
+
+
+class _Builder:
+    def __init__(self, results: dict[str, list[dict[str, Any]]], results_dir: Path, md_path: Path):
+        self.results = results
+        self.results_dir = results_dir
+        self.md = md_path
+        self.collector = Collector()
+        self.plots: list[Path] = []
+
+    def plot(self, name: str, **kwargs: Any) -> str:
+        path = _plot_lines(path=self.results_dir / name, **kwargs)
+        self.plots.append(path)
+        return f"![{name}]({_rel(path, self.md)})"
+
+    # -- sweep
+    def sweep(self) -> list[str]:
+        lines = self.results.get("sweep", [])
+        out = ["## Hyper-parameter sweep (validation split)", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment sweep`. Until it is, every run uses lr "
+                          f"{grids.DEFAULT_HPARAMS['lr']} and temperature {grids.DEFAULT_HPARAMS['temperature']}.", ""]
+        chosen, table_rows = grids.select_hparams(lines)
+        out += [f"Learning rate in {list(grids.SWEEP_LRS)} x temperature in {list(grids.SWEEP_TEMPERATURES)} "
+                "(learning rate only for ce), one seed, scored on the validation split; the best setting per "
+                "(dataset, method) is used by every other experiment (MLCL variants use MLCL's).", "",
+                _command("sweep"), "",
+                "| dataset | method | lr | temperature | validation score | chosen |", "|---|---|---|---|---|---|"]
+        for (dataset, method), rows in sorted(table_rows.items()):
+            metric = "/".join(grids.DATASETS[dataset].score) if dataset in grids.DATASETS else "?"
+            for r in rows:
+                pick = chosen.get((dataset, method))
+                mark = "**yes**" if pick and pick["lr"] == r["lr"] and pick["temperature"] == r["temperature"] else ""
+                temperature = "—" if method in grids.TEMPERATURE_FREE else f"{r['temperature']:g}"
+                score = "failed" if r["score"] is None else f"{r['score'] * 100:.2f} ({metric})"
+                out.append(f"| {dataset} | {method} | {r['lr']:g} | {temperature} | {score} | {mark} |")
+        return out + [""]
+
+    # -- limited data
+    def limited(self) -> list[str]:
+        lines = ok(self.results.get("limited-data", []))
+        out = ["## Limited labels", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment limited-data`.", ""]
+        out += ["A stratified fraction of the training labels per fine class (same seed -> same subset for every "
+                "method), full test set. Epochs (shown per row) are scaled so that every run of a dataset makes "
+                "about the same number of optimiser steps ("
+                + ", ".join(f"{n}: {d.steps}" for n, d in grids.DATASETS.items()) + "), "
+                f"capped at {grids.MAX_EPOCHS} epochs for the smallest fractions.", ""]
+        for dataset in sorted({line["dataset"] for line in lines}):
+            subset = [line for line in lines if line["dataset"] == dataset]
+            out += [f"### {dataset}", "", _command("limited-data", f"{dataset}__*"), ""]
+            for level, metric in LEVEL_METRICS:
+                groups = grouped(subset, lambda line: line["fraction"],
+                                 lambda line, lv=level, m=metric: metric_of(line, lv, m))
+                if not groups:
+                    continue
+                rows = [(f"{_pct(f)}{_epochs_label(subset, fraction=f)}", groups[f]) for f in sorted(groups)]
+                out += [f"**{level} {METRIC_NAMES[metric]}** (%)", "",
+                        table("fraction", rows, f"limited-data {dataset} {level} {METRIC_NAMES[metric]}",
+                              self.collector), ""]
+            series = _series(subset, lambda line: line["fraction"], lambda line: metric_of(line, "fine", "linear_top1"))
+            out += [self.plot(f"limited-data-{dataset}.png", series=series, xlabel="label fraction (log)",
+                              ylabel="fine linear-probe top-1 (%)", title=f"{dataset}: accuracy vs label fraction",
+                              logx=True), ""]
+        return out
+
+    # -- label noise
+    def noise(self) -> list[str]:
+        lines = ok(self.results.get("label-noise", []))
+        out = ["## Label noise", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment label-noise`.", ""]
+        borrowed = self._clean_reference(lines)
+        out += [f"Noise on the fine training labels of the {_pct(grids.NOISE_FRACTION)} training subset "
+                "(coarse labels follow the noisy fine label); test labels are clean. `mlcl+instance` adds the "
+                "global (instance) head. Rate 0 of the other methods: "
+                + ("the matching fraction-0.1 cells of limited-data (identical config apart from noise)."
+                   if borrowed else "not available (run limited-data to fill it)."), ""]
+        all_lines = lines + borrowed
+        for mode in ("symmetric", "hierarchical"):
+            subset = [line for line in all_lines if line.get("noise_mode", "symmetric") == mode or line["noise"] == 0]
+            if not any(line["noise"] > 0 and line.get("noise_mode") == mode for line in subset):
+                continue
+            tag = "sym" if mode == "symmetric" else "hier"
+            out += [f"### {mode} noise", "", _command("label-noise", f"*__{tag}*,*__clean__*"),
+                    f"Rate 0 of the baselines and mlcl: `mlcl experiment limited-data --cells "
+                    f"'fashion-mnist__*__f{grids.NOISE_FRACTION:g}__clean__*'`.", ""]
+            for level, metric in LEVEL_METRICS[:3]:
+                groups = grouped(subset, lambda line: line["noise"],
+                                 lambda line, lv=level, m=metric: metric_of(line, lv, m))
+                rows = [(f"{r:g}", groups[r]) for r in sorted(groups)]
+                out += [f"**{level} {METRIC_NAMES[metric]}** (%)", "",
+                        table("noise rate", rows, f"label-noise ({mode}) {level} {METRIC_NAMES[metric]}",
+                              self.collector), ""]
+        sym = [line for line in all_lines if line.get("noise_mode", "symmetric") == "symmetric" or line["noise"] == 0]
+        hier = [line for line in all_lines if line.get("noise_mode") == "hierarchical" and line["noise"] > 0]
+        fine = lambda line: metric_of(line, "fine", "linear_top1")  # noqa: E731
+        extra = {f"{m} (hierarchical)": pts for m, pts in _series(hier, lambda line: line["noise"], fine).items()}
+        out += [self.plot("label-noise.png", series=_series(sym, lambda line: line["noise"], fine),
+                          xlabel="fine-label noise rate (symmetric; squares: hierarchical)",
+                          ylabel="fine linear-probe top-1 (%)", title="Fashion-MNIST: accuracy vs label noise",
+                          extra=extra), ""]
+        return out
+
+    def _clean_reference(self, noise_lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """limited-data lines usable as rate 0: a method of this experiment, same config (noise and seed aside)."""
+        configs: dict[str, set[str]] = defaultdict(set)
+        for line in noise_lines:
+            configs[line["method"]].add(_config_key(line.get("config")))
+        return [line for line in ok(self.results.get("limited-data", []))
+                if line["dataset"] == "fashion-mnist" and line["noise"] == 0
+                and _config_key(line.get("config")) in configs.get(line["method"], set())]
+
+    # -- transfer
+    def transfer(self) -> list[str]:
+        lines = ok(self.results.get("transfer", []))
+        out = ["## Transfer", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment transfer`.", ""]
+        out += ["Pre-train on the full source training set, freeze the encoder, then fit a linear probe / kNN on "
+                "the target's training split and score its test split. Digits are resized from 8x8 to 28x28; BBC "
+                "articles become MiniLM embeddings fed to the MLP trained on WordNet. `raw-input` probes the "
+                "target's raw inputs (pixels / MiniLM embeddings) without pre-training, as a reference.", "",
+                _command("transfer"), ""]
+        row_of = lambda line: f"{line['dataset']} → {line.get('target')}"  # noqa: E731
+        for metric in ("linear_top1", "knn_top1"):
+            groups = grouped(lines, row_of, lambda line, m=metric: _first_level_metric(line, m))
+            rows = [(r, groups[r]) for r in sorted(groups)]
+            out += [f"**target {METRIC_NAMES[metric]}** (%)", "",
+                    table("source → target", rows, f"transfer target {METRIC_NAMES[metric]}", self.collector), ""]
+            for r, cells in rows:
+                raw, main = stat(cells.get("raw-input", [])), stat(cells.get("mlcl", []))
+                if raw and main and main.mean < raw.mean:
+                    self.collector.losses.append(
+                        f"transfer {r} {METRIC_NAMES[metric]}: mlcl {main.mean * 100:.2f} is below the raw-input "
+                        f"reference {raw.mean * 100:.2f} (pre-training hurts there)")
+        return out
+
+    # -- multi-label
+    def multilabel(self) -> list[str]:
+        lines = ok(self.results.get("multi-label", []))
+        out = ["## Multi-label (Fashion-MNIST grids)", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment multi-label`.", ""]
+        out += ["2x2 canvases with 1-4 items; levels coarse (5) and fine (10) are multi-hot. `supcon`: one head, "
+                "positives = exactly the same label set; `mulsupcon`: each label of an anchor acts as its own anchor; "
+                "`mlcl`: one head per level, positives = any shared label at that level; `ce`: end-to-end BCE. "
+                "Linear probe per level; F1 thresholds chosen on the validation split.", "",
+                _command("multi-label"), ""]
+        rows = []
+        for level in ("fine", "coarse"):
+            for metric in ("mAP", "micro_f1", "macro_f1", "subset_accuracy"):
+                groups = grouped(lines, lambda line: 0, lambda line, lv=level, m=metric: metric_of(line, lv, m))
+                if groups:
+                    rows.append((f"{level} {METRIC_NAMES[metric]}", groups[0]))
+        return out + ["(%)", "", table("level / metric", rows, "multi-label", self.collector), ""]
+
+    # -- convergence
+    def convergence(self) -> list[str]:
+        lines = ok(self.results.get("convergence", []))
+        out = ["## Convergence", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment convergence`.", ""]
+        points = []
+        for line in lines:
+            for point in line.get("curve", []):
+                points.append({"method": line["method"], "epoch": point["epoch"],
+                               "metrics": point.get("metrics", {}), "steps": point.get("steps")})
+        fraction = lines[0]["fraction"]
+        out += [f"One run per seed at {_pct(fraction)} of the labels with the usual budget (the config of "
+                "limited-data's cells at that fraction); the weights after every epoch are probed (linear probe on "
+                "the test split). The learning-rate schedule is the one of the full run, so early epochs run at a "
+                "high learning rate.", "", _command("convergence"), ""]
+        groups = grouped(points, lambda p: p["epoch"], lambda p: metric_of(p, "fine", "linear_top1"))
+        steps = {p["epoch"]: p["steps"] for p in points}
+        rows = [(f"{e} ({steps.get(e)} steps)", groups[e]) for e in sorted(groups)]
+        out += ["**fine linear-probe top-1 after each epoch** (%)", "",
+                table("epoch", rows, "convergence fine linear-probe top-1", None), ""]
+        series = _series(points, lambda p: p["epoch"], lambda p: metric_of(p, "fine", "linear_top1"))
+        out += [self.plot("convergence.png", series=series, xlabel="epoch", ylabel="fine linear-probe top-1 (%)",
+                          title=f"Fashion-MNIST {_pct(fraction)} labels: probe accuracy per epoch"), ""]
+        out += self._convergence_summary(series)
+        return out
+
+    def _convergence_summary(self, series: dict[str, list[tuple[float, Stat]]]) -> list[str]:
+        finals = {m: max(pts)[1].mean for m, pts in series.items() if pts}
+        if "mlcl" not in finals or len(finals) < 2:
+            return []
+        out = []
+        for method, pts in sorted(series.items()):
+            target = 0.95 * max(finals.values())
+            reached = next((x for x, s in sorted(pts) if s.mean >= target), None)
+            out.append(f"- {method}: reaches 95 % of the best final accuracy ({target * 100:.2f}) at epoch "
+                       f"{reached if reached is not None else 'never'}.")
+        return out + [""]
+
+    # -- ablations
+    def ablations(self) -> list[str]:
+        lines = ok(self.results.get("ablations", []))
+        out = ["## Ablations (MLCL variants)", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment ablations`.", ""]
+        fraction = lines[0]["fraction"]
+        out += [f"Fashion-MNIST at {_pct(fraction)} of the labels, 3 seeds; heads are listed coarse, fine; per-head "
+                "temperatures are relative to MLCL's tuned temperature t. These variants were looked at on the test "
+                "split, so they are not a fair comparison with the baselines (which got no such extra search).", "",
+                _command("ablations"), ""]
+        metrics = LEVEL_METRICS[:3]
+        stats = {m: [stat(metric_of(line, lv, mt) for line in lines if line["method"] == m) for lv, mt in metrics]
+                 for m in order_methods(line["method"] for line in lines)}
+        main = stats.get("mlcl", [None])[0]
+        header = ["variant", *(f"{lv} {METRIC_NAMES[mt]}" for lv, mt in metrics), "fine linear − mlcl"]
+        rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method, values in stats.items():
+            same = main is None or values[0] is None or method == "mlcl"
+            diff = "—" if same else f"{(values[0].mean - main.mean) * 100:+.2f}"
+            rows.append("| " + " | ".join([method, *(fmt_stat(v) for v in values), diff]) + " |")
+        reference = [line for line in ok(self.results.get("limited-data", []))
+                     if line["dataset"] == "fashion-mnist" and line["fraction"] == fraction and line["noise"] == 0
+                     and not is_mlcl(line["method"])]
+        baselines = {m: stat(metric_of(line, "fine", "linear_top1") for line in reference if line["method"] == m)
+                     for m in {line["method"] for line in reference}}
+        note = []
+        if main is not None and baselines:
+            c = compare({**baselines, "mlcl": main})[0]
+            note = [f"For reference, the best baseline in limited-data at this fraction is {c.baseline} with "
+                    f"{fmt_stat(c.baseline_stat)} fine linear-probe top-1.", ""]
+        return out + ["(%)", "", *rows, "", *note]
+
+    # -- bookkeeping
+    def failures(self) -> list[str]:
+        failed = [line for lines in self.results.values() for line in lines if line.get("error")]
+        if not failed:
+            return []
+        out = ["## Failed runs", "", "These runs diverged (non-finite loss) and are left out of the tables:", ""]
+        out += [f"- {line['experiment']} `{line.get('cell')}`: {line['error'][:200]}" for line in failed]
+        return out + [""]
+
+    def timing(self) -> list[str]:
+        out = ["## Run time", "", "| experiment | runs | training time | wall time |", "|---|---|---|---|"]
+        for name, lines in self.results.items():
+            train = sum(float(line.get("train_seconds") or 0) for line in lines)
+            wall = sum(float(line.get("wall_seconds") or 0) for line in lines)
+            out.append(f"| {name} | {len(lines)} | {train / 60:.1f} min | {wall / 60:.1f} min |")
+        return out + [""]
+
+
+def _first_level_metric(line: dict[str, Any], metric: str) -> float | None:
+    for level, values in line.get("metrics", {}).items():
+        if level != "consistency" and isinstance(values, dict) and metric in values:
+            return float(values[metric])
+    return None
+
+
+def _config_key(config: dict[str, Any] | None) -> str:
+    """A config without what differs between a clean and a noisy cell of the same setting."""
+    if not config:
+        return ""
+    config = copy.deepcopy(config)
+    config.pop("seed", None)
+    config.get("data", {}).pop("noise", None)
+    for key in ("threads", "device"):
+        config.get("train", {}).pop(key, None)
+    import json
+
+    return json.dumps(config, sort_keys=True)
+
+
+def _last_per_cell(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per cell id (the last one written): a cell run twice must not count as two seeds."""
+    last = {line.get("cell", id(line)): line for line in lines}
+    return list(last.values())
+
+
+def load_results(results_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Every ``<experiment>.jsonl`` in ``results_dir`` (known experiments first, in run order)."""
+    results_dir = Path(results_dir)
+    files = sorted(results_dir.glob("*.jsonl")) if results_dir.exists() else []
+    found = {path.stem: _last_per_cell(read_lines(path)) for path in files}
+    ordered = {name: found[name] for name in grids.ORDER if name in found}
+    ordered.update({name: lines for name, lines in found.items() if name not in ordered})
+    return ordered
+
+
+def write_report(results_dir: str | Path = "docs/results", out: str | Path = "docs/results.md") -> Report:
+    """Write the markdown report and its plots; returns them (and the loss statements)."""
+    results_dir, out = Path(results_dir), Path(out)
+    results = load_results(results_dir)
+    b = _Builder(results, results_dir, out)
+    body = [*b.sweep(), *b.limited(), *b.noise(), *b.transfer(), *b.multilabel(), *b.convergence(),
+            *b.ablations(), *b.failures(), *b.timing()]
+    summary = ["## Summary: where MLCL wins and loses", ""]
+    for variant, comparisons in sorted(b.collector.tally.items()):
+        wins = [c for c in comparisons if c.diff > 0]
+        losses = [c for c in comparisons if c.diff < 0]
+        summary.append(
+            f"- **{variant}** vs the best baseline of each row (every metric of every table counted separately): "
+            f"higher in {len(wins)} of {len(comparisons)} rows ({sum(c.significant for c in wins)} beyond seed "
+            f"noise), lower in {len(losses)} ({sum(c.significant for c in losses)} beyond seed noise), equal in "
+            f"{len(comparisons) - len(wins) - len(losses)}.")
+    if not b.collector.tally:
+        summary.append("- No comparison yet: no experiment with both MLCL and a baseline has results.")
+    summary += ["", "### Where MLCL loses", ""]
+    summary += [f"- {text}" for text in b.collector.losses] or ["- Nowhere in the results so far."]
+    header = [
+        "# Results", "",
+        f"Generated by `mlcl experiment report` from `{_rel(results_dir, out)}/*.jsonl` on "
+        f"{_dt.date.today().isoformat()}; do not edit by hand. Reproduce with, in this order: "
+        + ", ".join(f"`mlcl experiment {name}`" for name in grids.ORDER) + ", then `mlcl experiment report`.", "",
+        "Protocol: contrastive pre-training, then a linear probe (and kNN, k=20) per level on the frozen encoder; "
+        "cross-entropy is trained end to end and probed the same way. Numbers are % on the test split, "
+        "**mean ± sample std over seeds (n = seeds)**. Every method of a dataset gets the same model, batch, "
+        f"number of optimiser steps per run (about {grids.STEP_BUDGET}; "
+        f"{grids.DATASETS['fashion-mnist-grid'].steps} on the grid) and the same learning-rate x temperature "
+        "sweep on the validation split. *MLCL − best baseline*: difference of means against the best baseline of "
+        "that row, in points; `*` = larger than twice its standard error over seeds (else within seed noise).", "",
+        "Methods: `ce` = end-to-end cross-entropy with one classifier per level (one view per sample; its own "
+        "classifier's accuracy is in the JSONL as `classifier_top1`); `supcon` = one head on the finest level; "
+        "`himulcon` = one shared head with a SupCon term per level, level penalty and hierarchy-constraint max; "
+        "`mulsupcon` = each label of an anchor acts as its own anchor (multi-label only); `mlcl` = one head per "
+        "level with one shared temperature and equal weights (per-head temperatures and weights are ablations); "
+        "`mlcl+instance` adds the global (instance) head. Lines, configs and commands of every run: "
+        f"`{_rel(results_dir, out)}/<experiment>.jsonl`.", "",
+    ]
+    markdown = "\n".join([*header, *summary, "", *body]).rstrip() + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown, encoding="utf-8")
+    return Report(markdown, b.plots, b.collector.losses)
