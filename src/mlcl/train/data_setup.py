@@ -92,11 +92,11 @@ def _apply_protocols(dataset: Dataset, config: DataConfig, seed: int) -> Dataset
     return dataset
 
 
-def embed_text_splits(dataset: Dataset, cache_dir: str | Path | None) -> Dataset:
+def embed_text_splits(dataset: Dataset, cache_dir: str | Path | None, progress: bool = True) -> Dataset:
     """Replace texts by frozen MiniLM sentence embeddings (computed once, cached on disk)."""
     from mlcl.models.text import CachedTextEmbeddings  # heavy import: only for text runs
 
-    embed = CachedTextEmbeddings(cache_dir=cache_dir)
+    embed = CachedTextEmbeddings(cache_dir=cache_dir, progress=progress)
     for split in (dataset.train, dataset.val, dataset.test):
         if split is not None:
             split.inputs = embed(split.inputs)
@@ -104,17 +104,18 @@ def embed_text_splits(dataset: Dataset, cache_dir: str | Path | None) -> Dataset
     return dataset
 
 
-def prepare_dataset(config: Config) -> Dataset:
+def prepare_dataset(config: Config, progress: bool = True) -> Dataset:
     """The dataset a run uses, with protocols applied to its training split only."""
     data = config.data
     if data.name in ("table", "image-folder"):
         dataset = _user_dataset(data, config.seed)
     else:
         dataset = load_dataset(data.name, **data.options)
-    dataset = _apply_protocols(dataset, data, config.seed)
     if dataset.modality == "text" and not config.model.encoder_options.get("trainable", False):
+        # Whole splits first: their cached embeddings then serve every label fraction and seed.
         cache = os.environ.get("MLCL_CACHE_DIR", str(Path.home() / ".cache" / "mlcl" / "embeddings"))
-        dataset = embed_text_splits(dataset, cache)
+        dataset = embed_text_splits(dataset, cache, progress)
+    dataset = _apply_protocols(dataset, data, config.seed)
     if len(dataset.train) < config.train.batch_size:
         raise DataError(
             f"train.batch_size={config.train.batch_size} is larger than the training set ({len(dataset.train)} "
