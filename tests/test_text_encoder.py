@@ -156,3 +156,14 @@ def test_text_errors(tiny_model_dir: Path, tmp_path: Path) -> None:
         embed_texts(SENTENCES, trainable)
     with pytest.raises(ValueError, match="single string"):
         trainable("just one string")
+
+
+def test_training_mode_masks_tokens_at_the_configured_rate():
+    encoder = MiniLMEncoder(trainable=True, mask_rate=0.3)
+    tokens = encoder.tokenize(["a long sentence about the many shapes of winter coats and boots"] * 64)
+    masked = encoder.masked_ids(tokens, encoder.mask_rate, torch.Generator().manual_seed(0))
+    real = tokens["attention_mask"].bool() & ~tokens["special_tokens_mask"].bool()
+    changed = masked != tokens["input_ids"]
+    assert not changed[~real].any()
+    assert abs(changed[real].float().mean().item() - 0.3) < 0.05
+    assert torch.equal(encoder.masked_ids(tokens, 0.0), tokens["input_ids"])

