@@ -27,13 +27,15 @@ from mlcl.errors import CheckpointError, ConfigError, TrainingError
 from mlcl.models.encoders import MLPEncoder, build_encoder
 from mlcl.models.heads import MultiHeadProjector
 from mlcl.models.model import MultiLevelModel
-from mlcl.train import plots
+from mlcl.train import ddp, plots
 from mlcl.train.checkpoint import load_checkpoint, save_checkpoint
 from mlcl.train.config import Config, load_config, save_config
 from mlcl.train.data_setup import prepare_dataset
 from mlcl.train.evaluation import evaluate_model, monitor_score
 from mlcl.train.methods import Objective
-from mlcl.train.runtime import StopRequest, init_distributed, resolve_device, seed_everything
+from mlcl.train.runtime import (
+    StopRequest, barrier, configure_threads, init_distributed, resolve_device, seed_everything,
+)
 from mlcl.train.views import ViewMaker
 
 IMAGE_ENCODERS = ("small_cnn", "resnet18")
@@ -42,10 +44,11 @@ IMAGE_ENCODERS = ("small_cnn", "resnet18")
 class Interrupted(Exception):
     """Training stopped on a signal after writing a resumable checkpoint."""
 
-    def __init__(self, signal_name: str, out_dir: Path, epoch: int, step: int):
+    def __init__(self, signal_name: str, out_dir: Path, epoch: int, step: int, world: int = 1):
+        nproc = f" --nproc {world}" if world > 1 else ""  # the global batch must not change (resume_run)
         super().__init__(
             f"{signal_name} received: stopped at epoch {epoch + 1}, step {step}; a resumable checkpoint is in "
-            f"{out_dir / 'checkpoints' / 'last.pt'}. Continue with: mlcl train --resume {out_dir}"
+            f"{out_dir / 'checkpoints' / 'last.pt'}. Continue with: mlcl train --resume {out_dir}{nproc}"
         )
 
 
@@ -93,19 +96,20 @@ class Trainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.progress = progress
-        self.rank, local_rank, self.world = init_distributed("cuda" if config.train.device.startswith("cuda") else "cpu")
+        self.rank, local_rank, self.world = init_distributed(config.train.device)
         self.device = resolve_device(config.train.device, local_rank)
-        if config.train.threads:
-            torch.set_num_threads(config.train.threads)
+        configure_threads(config.train.threads)  # default: the cores shared out between local processes
         seed_everything(config.seed)
-        self.dataset = prepare_dataset(config)
+        self.dataset = prepare_dataset(config, progress=progress and self.rank == 0)  # one progress bar
         self.objective = Objective(config.method, self.dataset, gather_distributed=self.world > 1).to(self.device)
         self.model = build_model(config, self.dataset, self.objective).to(self.device)
         self.module: nn.Module = self.model
         if self.world > 1:
-            self.module = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
+            # Global-batch BatchNorm (same state-dict keys), so W processes x b train like 1 x W*b.
+            self.model = ddp.sync_batchnorm(self.model, self.device)
+            # A trainable text encoder has parameters its pooling never uses (e.g. BERT's pooler).
+            self.module = ddp.wrap_model(self.model, self.device,
+                                         find_unused_parameters=self.dataset.modality == "text")
         params = list(self.model.parameters()) + list(self.objective.parameters())
         train = config.train
         if train.optimizer == "sgd":
@@ -123,8 +127,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, total, warmup))
         self.generator = torch.Generator().manual_seed(config.seed)
         self.views = ViewMaker(self.dataset.modality, config.method.views, train.augment, self.generator)
+        # Each rank's views are its rows of the views one process would make of the global batch.
+        self.views = ddp.distribute_views(self.views, self.rank, self.world)
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "history": [], "best": None,
-                                      "epoch_sums": {}, "train_seconds": 0.0}
+                                      "epoch_sums": {}, "train_seconds": 0.0, "world": self.world}
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -190,22 +196,26 @@ class Trainer:
         if projections is not None:
             projections = projections.view(projections.shape[0], len(index), n_views, projections.shape[-1])
         loss, logs = self.objective(projections, out.logits, targets, n_views)
-        if not torch.isfinite(loss):
+        # Averaged over ranks: the logged values are the global batch's, and every rank agrees on the check.
+        loss_value, *values = ddp.mean_over_ranks([loss.item(), *logs.values()], self.device)
+        logs = dict(zip(logs, values))
+        if not math.isfinite(loss_value):
             self.model.load_state_dict(buffers, strict=False)
             self.save("last.pt")  # the weights before this step: the last good state
             raise TrainingError(
-                f"the loss became {loss.item()} at epoch {self.state['epoch'] + 1}, step {self.state['step'] + 1}; "
+                f"the loss became {loss_value} at epoch {self.state['epoch'] + 1}, step {self.state['step'] + 1}; "
                 f"the last good state is in {self.out_dir / 'checkpoints' / 'last.pt'}. Likely causes: a learning "
                 f"rate too high (train.lr={self.config.train.lr}) or a temperature too low "
                 f"(method.temperatures={self.config.method.temperatures}); lower the one or raise the other"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        ddp.average_gradients(self.objective.parameters())  # outside DDP: e.g. learnable temperatures
         if self.config.train.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return loss.item(), logs
+        return loss_value, logs
 
     def _accumulate(self, loss: float, logs: dict[str, float]) -> None:
         sums = self.state["epoch_sums"]
@@ -235,6 +245,7 @@ class Trainer:
         self.save("last.pt")
         if self.is_main:
             self._write_log()
+        barrier()  # the other ranks wait here while rank 0 monitors, checkpoints and logs
 
     def _write_log(self) -> None:
         history = self.state["history"]
@@ -261,7 +272,7 @@ class Trainer:
                         self.state["train_seconds"] += time.perf_counter() - started
                         self.save("last.pt")
                         raise Interrupted(stop.signal_name or "a signal on another rank", self.out_dir, epoch,
-                                          self.state["step"])
+                                          self.state["step"], self.world)
                     loss, logs = self._step(order[self.state["step"]])
                     self._accumulate(loss, logs)
                     self.state["step"] += 1
@@ -283,7 +294,7 @@ class Trainer:
         """Whether any rank was asked to stop (all ranks stop at the same step)."""
         if self.world == 1:
             return stop.requested
-        flag = torch.tensor([1.0 if stop.requested else 0.0])
+        flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.device)  # NCCL: a CUDA tensor
         dist.all_reduce(flag)
         return bool(flag.item() > 0)
 
@@ -330,4 +341,10 @@ def resume_run(out_dir: str | Path, *, progress: bool = True) -> Trainer:
         raise CheckpointError(f"{out_dir} is not a run directory (no config.yaml); start one with mlcl train --out {out_dir}")
     trainer = Trainer(load_config(out_dir / "config.yaml"), out_dir, progress=progress)
     trainer.restore(out_dir / "checkpoints" / "last.pt")
+    world = trainer.state.get("world", 1)
+    if world != trainer.world:  # train.batch_size is per process: another count changes the batch and schedule
+        raise CheckpointError(
+            f"{out_dir} was trained with {world} process(es) and is resumed with {trainer.world}; the global batch "
+            f"(train.batch_size x processes) must not change mid-run: resume it with --nproc {world}"
+        )
     return trainer
