@@ -5,8 +5,8 @@ rate at epoch k of a k-epoch run is already ~0) and cost k runs; instead the wei
 every epoch of a single run are kept in memory and probed after training, so probing never counts
 as training time and the schedule is the one of the full run.
 
-The trainer has no public per-epoch hook yet, so :func:`record_epochs` wraps the trainer's
-``_end_epoch`` on that one instance (it runs after the epoch's checkpoint and validation check).
+:func:`record_epochs` registers a trainer epoch callback (it runs after the epoch's checkpoint and
+validation check).
 """
 
 from __future__ import annotations
@@ -25,13 +25,9 @@ def snapshot_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def record_epochs(trainer: Any, snapshots: SnapshotList) -> None:
     """After each epoch of ``trainer``, append ``(epoch, weights)`` to ``snapshots``."""
-    end_epoch = trainer._end_epoch
-
-    def end_epoch_and_snapshot(seconds: float) -> None:
-        end_epoch(seconds)
-        snapshots.append((trainer.state["epoch"], snapshot_state(trainer.model)))
-
-    trainer._end_epoch = end_epoch_and_snapshot
+    trainer.epoch_callbacks.append(
+        lambda trained, record: snapshots.append((record["epoch"], snapshot_state(trained.model)))
+    )
 
 
 def evaluate_snapshots(trainer: Any, snapshots: SnapshotList) -> list[dict[str, Any]]:

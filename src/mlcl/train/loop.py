@@ -15,6 +15,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -129,6 +130,8 @@ class Trainer:
         self.views = ViewMaker(self.dataset.modality, config.method.views, train.augment, self.generator)
         # Each rank's views are its rows of the views one process would make of the global batch.
         self.views = ddp.distribute_views(self.views, self.rank, self.world)
+        # Called on the main process after each epoch's checkpoint, with the trainer and the epoch's record.
+        self.epoch_callbacks: list[Callable[[Trainer, dict[str, Any]], None]] = []
         self.state: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "history": [], "best": None,
                                       "epoch_sums": {}, "train_seconds": 0.0, "world": self.world}
 
@@ -245,6 +248,8 @@ class Trainer:
         self.save("last.pt")
         if self.is_main:
             self._write_log()
+            for callback in self.epoch_callbacks:
+                callback(self, record)
         barrier()  # the other ranks wait here while rank 0 monitors, checkpoints and logs
 
     def _write_log(self) -> None:
