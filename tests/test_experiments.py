@@ -8,6 +8,7 @@ import warnings
 from collections import defaultdict
 
 import pytest
+import torch
 
 from mlcl.data.fashion_mnist import is_available as fashion_available
 from mlcl.errors import ConfigError
@@ -191,3 +192,23 @@ def test_statistics_helpers():
 def test_unknown_experiment_names_the_valid_ones():
     with pytest.raises(ConfigError, match="did you mean 'limited-data'"):
         grids.get_experiment("limited-date")
+
+
+def test_convergence_snapshots_every_epoch_of_a_real_run(tmp_path):
+    from mlcl.experiments.convergence import record_epochs
+    from mlcl.train.config import load_config
+    from mlcl.train.loop import start_run
+
+    config = load_config("configs/quickstart.yaml", [
+        "train.epochs=2", "data.options.limit_train=256", "data.options.val_size=64", "data.options.limit_test=64",
+        "train.batch_size=64", "model.encoder_options.width=4", "model.proj_hidden=8", "model.proj_dim=4",
+        "eval.embedding_map=none", "train.threads=1",
+    ])
+    trainer = start_run(config, tmp_path / "run", progress=False)
+    snapshots = []
+    record_epochs(trainer, snapshots)
+    trainer.train()
+    assert [epoch for epoch, _ in snapshots] == [1, 2]
+    final = trainer.model.state_dict()
+    assert all(torch.equal(snapshots[-1][1][k], final[k].cpu()) for k in final)
+    assert not all(torch.equal(snapshots[0][1][k], final[k].cpu()) for k in final)
