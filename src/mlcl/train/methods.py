@@ -107,14 +107,17 @@ class Objective(nn.Module):
     def _relation(self, targets: dict[str, torch.Tensor], batch: int, device: torch.device) -> torch.Tensor:
         """Class labels ``(B, H)`` when every head is single-label, else weights ``(H, B, B_keys)``."""
         rank, world = distributed.rank_and_world() if self.gather else (0, 1)
-        gathered = {k: distributed.gather_no_grad(v, 0) for k, v in targets.items()} if world > 1 else targets
-        if self.method == "supcon" and self.heads[0].level.multi_label:  # positives: the same label set
-            ids = _exact_set_ids(gathered[self.heads[0].level.name])
-            return ids[rank * batch : (rank + 1) * batch].unsqueeze(1)
-        if not any(h.level is not None and h.level.multi_label for h in self.heads):
+        exact_sets = self.method == "supcon" and self.heads[0].level.multi_label
+        if not exact_sets and not any(h.level is not None and h.level.multi_label for h in self.heads):
+            # Class labels: the loss gathers them itself.
             instance_ids = torch.arange(batch, device=device) + rank * batch
             columns = [targets[h.level.name] if h.level is not None else instance_ids for h in self.heads]
             return torch.stack(columns, 1).long()
+        # Relations against every rank's samples need every rank's targets.
+        gathered = {k: distributed.gather_no_grad(v, 0) for k, v in targets.items()} if world > 1 else targets
+        if exact_sets:  # positives: the same label set
+            ids = _exact_set_ids(gathered[self.heads[0].level.name])
+            return ids[rank * batch : (rank + 1) * batch].unsqueeze(1)
         per_head = []
         for head in self.heads:
             if head.level is None:
