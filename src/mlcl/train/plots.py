@@ -27,24 +27,27 @@ def training_curves(history: list[dict[str, Any]], path: Path) -> None:
     has_val = any("val_knn" in record for record in history)
     fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(11 if has_val else 6, 4), squeeze=False)
     for key in loss_keys:
-        axes[0, 0].plot(epochs, [record.get(key, float("nan")) for record in history], marker="o", label=key)
-    axes[0, 0].set(xlabel="epoch", ylabel="training loss", title="training loss")
+        label = "total (weighted sum)" if key == "loss" else key.replace("loss_", "head ").replace("ce_", "classifier ")
+        axes[0, 0].plot(epochs, [record.get(key, float("nan")) for record in history], marker="o", label=label)
+    axes[0, 0].set(xlabel="epoch", ylabel="training loss (epoch mean)", title="training loss")
     axes[0, 0].legend()
     if has_val:
         points = [(r["epoch"], r["val_knn"]) for r in history if "val_knn" in r]
         axes[0, 1].plot(*zip(*points), marker="o", color="tab:green")
         axes[0, 1].set(xlabel="epoch", ylabel="kNN score (finest level)", title="validation kNN")
+    for ax in axes[0]:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def _colour_labels(dataset: Dataset, level_name: str | None, index: torch.Tensor) -> tuple[torch.Tensor, str]:
+def _colour_labels(dataset: Dataset, level_name: str | None, index: torch.Tensor) -> tuple[torch.Tensor, str, list[str]]:
     level = next((lv for lv in dataset.levels if lv.name == level_name), dataset.levels[-1])
     target = dataset.test.targets[level.name][index]
     if level.multi_label:  # colour by the first label present
-        return target.argmax(1), f"{level.name} (first label)"
-    return target, level.name
+        return target.argmax(1), f"{level.name} (first label)", level.classes
+    return target, level.name, level.classes
 
 
 def embedding_maps(model: torch.nn.Module, dataset: Dataset, heads: list, device: torch.device, path: Path,
@@ -64,8 +67,15 @@ def embedding_maps(model: torch.nn.Module, dataset: Dataset, heads: list, device
             xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(30, len(points) - 1)).fit_transform(points)
         else:
             xy = PCA(n_components=2, random_state=0).fit_transform(points)
-        colours, label_name = _colour_labels(dataset, level_name, index)
-        ax.scatter(xy[:, 0], xy[:, 1], c=colours.numpy(), cmap="tab20", s=4, alpha=0.8)
+        colours, label_name, classes = _colour_labels(dataset, level_name, index)
+        cmap = plt.get_cmap("tab20")
+        for class_id in colours.unique().tolist():
+            if class_id < 0:
+                continue
+            mask = (colours == class_id).numpy()
+            ax.scatter(xy[mask, 0], xy[mask, 1], color=cmap(class_id % 20), s=4, alpha=0.8, label=classes[class_id])
+        if len(classes) <= 12:
+            ax.legend(fontsize=6, markerscale=2, loc="best", frameon=False)
         ax.set_title(f"{title}\ncoloured by {label_name}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
