@@ -90,3 +90,19 @@ def test_image_folder_with_resnet_bf16_adamw_and_clipping(tmp_path):
     )
     assert set(metrics["test"]) >= {"coarse", "fine"}
     assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
+
+
+def test_embed_a_new_table_file_with_a_trained_text_run(tmp_path, embedding_cache):
+    run = tmp_path / "run"
+    train(run, "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
+          "data.options={input: text, levels: [coarse, fine], test_fraction: 0.5, val_fraction: 0.0}",
+          "model.encoder=minilm", "model.encoder_options={hidden: [32], out_dim: 16}", "train.batch_size=4")
+    out = tmp_path / "fine.csv"
+    assert main(["embed", str(run), "--head", "fine", "--input", str(EXAMPLES / "tiny_hierarchy.csv"),
+                 "--out", str(out)]) == 0
+    vectors = np.loadtxt(out, delimiter=",")
+    assert vectors.shape == (12, 8)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)  # head embeddings are unit vectors
+    assert main(["embed", str(run), "--head", "fine", "--input", str(tmp_path / "nope.csv"),
+                 "--out", str(out)]) == 2
+    assert main(["embed", str(run), "--head", "fine", "--out", str(tmp_path / "x.txt")]) == 2

@@ -14,8 +14,6 @@ pre-training (pixels / MiniLM embeddings), as a reference.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,11 +25,6 @@ from mlcl.errors import ConfigError
 
 TARGETS = ("digits", "bbc-news")
 IMAGE_SIZE = 28
-
-
-def _cache_dir() -> str:
-    """The embedding cache that training uses (see ``mlcl.train.data_setup.prepare_dataset``)."""
-    return os.environ.get("MLCL_CACHE_DIR", str(Path.home() / ".cache" / "mlcl" / "embeddings"))
 
 
 def load_target(name: str) -> Dataset:
@@ -48,7 +41,7 @@ def load_target(name: str) -> Dataset:
     else:
         from mlcl.train.data_setup import embed_text_splits
 
-        dataset = embed_text_splits(dataset, _cache_dir())
+        dataset = embed_text_splits(dataset, progress=False)  # the cache that training uses
     return dataset
 
 

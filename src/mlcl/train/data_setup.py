@@ -92,11 +92,23 @@ def _apply_protocols(dataset: Dataset, config: DataConfig, seed: int) -> Dataset
     return dataset
 
 
-def embed_text_splits(dataset: Dataset, cache_dir: str | Path | None, progress: bool = True) -> Dataset:
-    """Replace texts by frozen MiniLM sentence embeddings (computed once, cached on disk)."""
+def uses_frozen_text_encoder(config: Config) -> bool:
+    """Whether texts are turned into cached frozen-encoder embeddings before training."""
+    return config.model.encoder in ("minilm", "hf") and not config.model.encoder_options.get("trainable", False)
+
+
+def frozen_text_embedder(progress: bool = True):
+    """MiniLM sentence embeddings, each distinct text list computed once and cached on disk
+    (``$MLCL_CACHE_DIR``, default ``~/.cache/mlcl/embeddings``)."""
     from mlcl.models.text import CachedTextEmbeddings  # heavy import: only for text runs
 
-    embed = CachedTextEmbeddings(cache_dir=cache_dir, progress=progress)
+    cache = os.environ.get("MLCL_CACHE_DIR", str(Path.home() / ".cache" / "mlcl" / "embeddings"))
+    return CachedTextEmbeddings(cache_dir=cache, progress=progress)
+
+
+def embed_text_splits(dataset: Dataset, progress: bool = True) -> Dataset:
+    """Replace every split's texts by frozen MiniLM sentence embeddings."""
+    embed = frozen_text_embedder(progress)
     for split in (dataset.train, dataset.val, dataset.test):
         if split is not None:
             split.inputs = embed(split.inputs)
@@ -111,10 +123,9 @@ def prepare_dataset(config: Config, progress: bool = True) -> Dataset:
         dataset = _user_dataset(data, config.seed)
     else:
         dataset = load_dataset(data.name, **data.options)
-    if dataset.modality == "text" and not config.model.encoder_options.get("trainable", False):
+    if dataset.modality == "text" and uses_frozen_text_encoder(config):
         # Whole splits first: their cached embeddings then serve every label fraction and seed.
-        cache = os.environ.get("MLCL_CACHE_DIR", str(Path.home() / ".cache" / "mlcl" / "embeddings"))
-        dataset = embed_text_splits(dataset, cache, progress)
+        dataset = embed_text_splits(dataset, progress)
     dataset = _apply_protocols(dataset, data, config.seed)
     if len(dataset.train) < config.train.batch_size:
         raise DataError(

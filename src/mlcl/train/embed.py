@@ -12,7 +12,7 @@ from mlcl.errors import MlclError
 from mlcl.user_input import did_you_mean
 from mlcl.train.checkpoint import load_checkpoint
 from mlcl.train.config import load_config
-from mlcl.train.data_setup import USER_SPLIT_OPTIONS
+from mlcl.train.data_setup import USER_SPLIT_OPTIONS, frozen_text_embedder, uses_frozen_text_encoder
 from mlcl.train.evaluation import extract
 from mlcl.train.loop import Trainer
 
@@ -33,6 +33,8 @@ def _inputs(trainer: Trainer, source: str):
         raise MlclError("--input FILE needs a run trained on a table (data.name=table), so the file's columns are known")
     options = {k: v for k, v in trainer.config.data.options.items() if k not in USER_SPLIT_OPTIONS}
     split, _, _ = load_table(path, **options)  # the same columns as the training file
+    if isinstance(split.inputs, list) and uses_frozen_text_encoder(trainer.config):
+        return frozen_text_embedder(progress=False)(split.inputs)  # what the trained MLP reads
     return split.inputs
 
 
