@@ -13,39 +13,16 @@ from pathlib import Path
 import torch
 
 from mlcl.data.image_folder import load_image_folder
+from mlcl.data.paths import fraction_split
 from mlcl.data.protocols import add_label_noise, k_shot, label_fraction
 from mlcl.data.registry import load_dataset
 from mlcl.data.tabular import load_table
-from mlcl.data.types import Dataset, LabeledSplit, LabelLevel
+from mlcl.data.types import Dataset, LabelLevel
 from mlcl.errors import DataError
 from mlcl.hierarchy import Hierarchy
 from mlcl.train.config import Config, DataConfig
 
 USER_SPLIT_OPTIONS = ("test_fraction", "val_fraction")
-
-
-def _split_indices(split: LabeledSplit, levels: list[LabelLevel], fractions: tuple[float, float], seed: int):
-    """Deterministic stratified (finest single-label level) or random train / val / test indices."""
-    generator = torch.Generator().manual_seed(seed)
-    finest = levels[-1]
-    n = len(split)
-    if finest.multi_label:
-        groups = [torch.randperm(n, generator=generator)]
-    else:
-        labels = split.targets[finest.name]
-        groups = [idx[torch.randperm(len(idx), generator=generator)] for idx in
-                  (torch.nonzero(labels == c).flatten() for c in labels.unique())]
-    parts: list[list[torch.Tensor]] = [[], [], []]
-    for idx in groups:
-        n_test = round(fractions[0] * len(idx))
-        n_val = round(fractions[1] * len(idx))
-        parts[0].append(idx[: n_test])
-        parts[1].append(idx[n_test : n_test + n_val])
-        parts[2].append(idx[n_test + n_val :])
-    test, val, train = (torch.sort(torch.cat(p)).values for p in parts)
-    if len(train) == 0 or len(test) == 0:
-        raise DataError(f"the data has only {n} rows: too few to split into train and test")
-    return train, val, test
 
 
 def _user_dataset(config: DataConfig, seed: int) -> Dataset:
@@ -55,7 +32,12 @@ def _user_dataset(config: DataConfig, seed: int) -> Dataset:
         split, levels, hierarchy = load_table(config.path, **options)
     else:
         split, levels, hierarchy = load_image_folder(config.path, **options)
-    train, val, test = _split_indices(split, levels, fractions, seed)
+    finest = levels[-1]
+    # Stratified by the finest single-label level; multi-label rows are split at random.
+    strata = torch.zeros(len(split), dtype=torch.long) if finest.multi_label else split.targets[finest.name]
+    train, val, test = fraction_split(strata, *fractions, seed, Path(config.path).name)
+    if len(train) == 0 or len(test) == 0:
+        raise DataError(f"{config.path} has only {len(split)} rows: too few to split into train and test")
     modality = "text" if isinstance(split.inputs, list) else ("image" if split.inputs.ndim == 4 else "features")
     return Dataset(
         name=Path(config.path).name,
