@@ -88,8 +88,8 @@ def main() -> None:
           f"{args.batch}, SmallCNN width {args.width}, MLCL (2 heads), CPU with {cores} cores, torch gloo; "
           f"load average {load_before:.1f} before, {load_after:.1f} after (other processes on the machine)\n")
     w = args.nproc
-    print(f"| run | batch per process | threads per process | samples/s (all epochs) | "
-          f"samples/s (epochs 2+) | wall time of `mlcl train` |")
+    print("| run | batch per process | threads per process | samples/s (all epochs) | "
+          "samples/s (epochs 2+) | wall time of `mlcl train` |")
     print("|---|---|---|---|---|---|")
     for name, rows, wall, per, threads in (
         ("1 process", one, wall_one, args.batch, cores),

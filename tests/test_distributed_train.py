@@ -29,7 +29,7 @@ import torch
 from mlcl.cli import main
 from mlcl.data.augment import ImageAugment, make_views
 from mlcl.data.fashion_mnist import is_available as fashion_available
-from mlcl.train import ddp, runtime
+from mlcl.train import ddp, launch, runtime
 from mlcl.train.checkpoint import load_checkpoint
 from mlcl.train.config import AugmentConfig
 from mlcl.train.views import ViewMaker
@@ -97,7 +97,12 @@ def test_two_processes_write_the_files_of_one_from_rank_0_only(runs):
     assert {"log.csv", "metrics.json", "curves.png", "embeddings.png", "checkpoints/best.pt"} <= files(two)
     assert stdout.count("written to") == 1 and stdout.count("linear_top1") == 2  # one summary table
     assert "Traceback" not in stderr and "[rank" not in stderr
-    assert load_checkpoint(two / "checkpoints" / "last.pt")["loop"]["world"] == 2
+    checkpoint = load_checkpoint(two / "checkpoints" / "last.pt")
+    assert checkpoint["loop"]["world"] == 2
+    # each rank has its own stream of torch's generator (dropout, token masking), saved for the resume
+    streams = checkpoint["rng"]["torch"]
+    assert len(streams) == 2 and not torch.equal(streams[0], streams[1])
+    assert len(load_checkpoint(one / "checkpoints" / "last.pt")["rng"]["torch"]) == 1
 
 
 @needs_fashion
@@ -136,6 +141,30 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_weights(runs, tmp_pa
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
     assert [r["loss"] for r in log_rows(run)] == [r["loss"] for r in log_rows(reference)]
+
+
+def test_two_processes_train_a_frozen_text_run_like_one_process(tmp_path, tiny_model_dir, monkeypatch):
+    # Rank 0 embeds the texts and fills the disk cache; rank 1 reads it. The MLP then trains on the
+    # global batch exactly as one process does.
+    monkeypatch.setenv("MLCL_CACHE_DIR", str(tmp_path / "cache"))
+    def args(out: Path, batch: int) -> list[str]:
+        text = ["data.name=table", f"data.path={ROOT / 'examples' / 'tiny_hierarchy.csv'}",
+                "data.options={input: text, levels: [coarse, fine], test_fraction: 0.34, val_fraction: 0.0}",
+                "model.encoder=hf", f"model.encoder_options={{model_name_or_path: {tiny_model_dir}, hidden: [16], "
+                "out_dim: 8}", "model.proj_hidden=16", "model.proj_dim=8", "train.epochs=3",
+                f"train.batch_size={batch}", "eval.embedding_map=none", "train.monitor_train_samples=8", "eval.knn_k=2"]
+        return ["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--quiet",
+                *sum((["--set", o] for o in text), [])]
+
+    two = cli(*args(tmp_path / "two", 2), "--nproc", "2")
+    assert main(args(tmp_path / "one", 4)) == 0
+    code, _, stderr = finish(two)
+    assert code == 0, stderr
+    rows_one, rows_two = log_rows(tmp_path / "one"), log_rows(tmp_path / "two")
+    assert len(rows_one) == len(rows_two) == 3
+    for a, b in zip(rows_one, rows_two):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=LOSS_RTOL), a["epoch"]
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test split, embedded once each
 
 
 @needs_fashion
@@ -249,17 +278,17 @@ def test_threads_are_shared_out_between_local_processes(monkeypatch):
 def test_the_failure_summary_names_the_rank_that_failed_first():
     crash = {"rank": 1, "kind": "crash", "message": "RuntimeError: boom", "time": 10.0}
     lost = {"rank": 0, "kind": "lost_peer", "message": "RuntimeError: Connection closed by peer", "time": 10.5}
-    assert runtime.summarise_failure({0: lost, 1: crash}, {0: 1, 1: 1}, 2) == (
+    assert launch.summarise_failure({0: lost, 1: crash}, {0: 1, 1: 1}, 2) == (
         "mlcl: error: rank 1 failed with RuntimeError: boom (traceback above); the other processes were stopped", 1)
     error = {"kind": "error", "message": "train.lr must be > 0", "time": 1.0}
     everywhere = {r: {**error, "rank": r} for r in range(4)}
-    assert runtime.summarise_failure(everywhere, {r: 2 for r in range(4)}, 4) == (
+    assert launch.summarise_failure(everywhere, {r: 2 for r in range(4)}, 4) == (
         "mlcl: error: train.lr must be > 0", 2)
-    assert runtime.summarise_failure({2: {**error, "rank": 2}}, {2: 2, 0: -15}, 4)[0] == (
+    assert launch.summarise_failure({2: {**error, "rank": 2}}, {2: 2, 0: -15}, 4)[0] == (
         "mlcl: error: rank 2: train.lr must be > 0")
-    assert runtime.summarise_failure({0: lost}, {0: 1, 1: -9}, 2)[0].startswith(
+    assert launch.summarise_failure({0: lost}, {0: 1, 1: -9}, 2)[0].startswith(
         "mlcl: error: rank 1 was killed by SIGKILL")
     stopped = {"kind": "interrupted", "time": 1.0}
     reports = {0: {**stopped, "rank": 0, "message": "a signal on another rank received: ..."},
                1: {**stopped, "rank": 1, "message": "SIGINT received: ..."}}
-    assert runtime.summarise_failure(reports, {}, 2) == ("mlcl: SIGINT received: ...", 130)
+    assert launch.summarise_failure(reports, {}, 2) == ("mlcl: SIGINT received: ...", 130)

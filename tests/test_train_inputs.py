@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mlcl.cli import main
+from mlcl.train.checkpoint import load_checkpoint
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 TINY = ["train.epochs=1", "eval.embedding_map=none", "model.proj_hidden=16", "model.proj_dim=8",
@@ -106,3 +107,35 @@ def test_embed_a_new_table_file_with_a_trained_text_run(tmp_path, embedding_cach
     assert main(["embed", str(run), "--head", "fine", "--input", str(tmp_path / "nope.csv"),
                  "--out", str(out)]) == 2
     assert main(["embed", str(run), "--head", "fine", "--out", str(tmp_path / "x.txt")]) == 2
+
+
+TEXT_TABLE = ["data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
+              "data.options={input: text, levels: [coarse, fine], test_fraction: 0.5, val_fraction: 0.0}",
+              "model.encoder=hf", "train.batch_size=4"]
+
+
+def test_frozen_hf_encoder_embeds_with_its_own_model(tmp_path, embedding_cache, tiny_model_dir):
+    run = tmp_path / "run"
+    train(run, *TEXT_TABLE,
+          f"model.encoder_options={{model_name_or_path: {tiny_model_dir}, max_length: 16, hidden: [24], out_dim: 8}}")
+    weights = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    first = next(v for k, v in weights.items() if k.startswith("encoder.") and v.ndim == 2)
+    assert first.shape == (24, 32)  # the MLP reads the tiny model's 32-d sentence embeddings, not MiniLM's 384
+    # `mlcl embed --input` embeds new texts with the same frozen model and its options
+    out = tmp_path / "encoder.npy"
+    assert main(["embed", str(run), "--head", "encoder", "--input", str(EXAMPLES / "tiny_hierarchy.csv"),
+                 "--out", str(out)]) == 0
+    assert np.load(out).shape == (12, 8)
+
+
+@pytest.mark.parametrize("options, message", [
+    ("{hidden: [8]}", "model.encoder=hf needs model.encoder_options.model_name_or_path"),
+    ("{model_name_or_path: {path}, mask_rate: 0.1}", "set model.encoder_options.trainable=true or drop mask_rate"),
+    ("{model_name_or_path: {path}, polling: mean}", "not an option of a frozen text encoder (did you mean 'pooling'?)"),
+])
+def test_frozen_text_encoder_option_errors(tmp_path, embedding_cache, tiny_model_dir, capsys, options, message):
+    options = options.replace("{path}", str(tiny_model_dir))
+    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--quiet"]
+    overrides = [*TINY, *TEXT_TABLE, f"model.encoder_options={options}"]
+    assert main(args + sum((["--set", o] for o in overrides), [])) == 2
+    assert message in capsys.readouterr().err

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlcl.errors import MlclError
-from mlcl.train.runtime import distributed_worker, launch_local
+from mlcl.train.launch import distributed_worker, launch_local
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -40,7 +40,7 @@ def _summary_table(metrics: dict[str, Any]) -> str:
 
 def _launch_distributed(nproc: int, argv: list[str], debug: bool = False) -> int:
     """Re-run this command as ``nproc`` processes on this machine: ``torchrun --standalone`` run in this
-    process (:func:`mlcl.train.runtime.launch_local`), which sums up a failed worker in one line."""
+    process (:func:`mlcl.train.launch.launch_local`), which sums up a failed worker in one line."""
     forwarded = []
     skip = False
     for arg in argv:

@@ -470,6 +470,35 @@ class _Builder:
                     f"{fmt_stat(c.baseline_stat)} fine linear-probe top-1.", ""]
         return out + ["(%)", "", *rows, "", *note]
 
+    # -- long budget
+    def long_budget(self) -> list[str]:
+        lines = ok(self.results.get("long-budget", []))
+        out = ["## Longer training (4x the steps)", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment long-budget`.", ""]
+        methods = {line["method"] for line in lines}
+        fractions = {line["fraction"] for line in lines}
+        usual = [line for line in ok(self.results.get("limited-data", []))
+                 if line["dataset"] == "fashion-mnist" and line["method"] in methods and line["fraction"] in fractions]
+        out += ["The same Fashion-MNIST cells as limited-data (same model, seeds and tuned learning rate / "
+                f"temperature) trained for {grids.LONG_BUDGET_FACTOR}x the optimiser steps, to test whether the "
+                "method's gains need longer training. Rows at the usual budget are limited-data's cells.", "",
+                _command("long-budget"), ""]
+        both = usual + lines
+        for level, metric in LEVEL_METRICS:
+            groups = grouped(both, lambda line: (line["fraction"], _steps(line)),
+                             lambda line, lv=level, m=metric: metric_of(line, lv, m))
+            rows = [(f"{_pct(f)}, {steps} steps", groups[(f, steps)]) for f, steps in sorted(groups)]
+            out += [f"**{level} {METRIC_NAMES[metric]}** (%)", "",
+                    table("labels, steps", rows, f"long-budget {level} {METRIC_NAMES[metric]}", self.collector), ""]
+        fraction = min(fractions)
+        series = _series([line for line in both if line["fraction"] == fraction], _steps,
+                         lambda line: metric_of(line, "fine", "linear_top1"))
+        out += [self.plot("long-budget.png", series=series, xlabel="optimiser steps (log)",
+                          ylabel="fine linear-probe top-1 (%)", logx=True,
+                          title=f"Fashion-MNIST {_pct(fraction)} labels: accuracy vs training length"), ""]
+        return out
+
     # -- bookkeeping
     def failures(self) -> list[str]:
         failed = [line for lines in self.results.values() for line in lines if line.get("error")]
@@ -486,6 +515,11 @@ class _Builder:
             wall = sum(float(line.get("wall_seconds") or 0) for line in lines)
             out.append(f"| {name} | {len(lines)} | {train / 60:.1f} min | {wall / 60:.1f} min |")
         return out + [""]
+
+
+def _steps(line: dict[str, Any]) -> int:
+    """Optimiser steps a run made: its epochs times the steps per epoch at its label fraction."""
+    return int(line["epochs"]) * grids.DATASETS[line["dataset"]].steps_per_epoch(line["fraction"])
 
 
 def _first_level_metric(line: dict[str, Any], metric: str) -> float | None:
@@ -531,7 +565,7 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
     results = load_results(results_dir)
     b = _Builder(results, results_dir, out)
     body = [*b.sweep(), *b.limited(), *b.noise(), *b.transfer(), *b.multilabel(), *b.convergence(),
-            *b.ablations(), *b.failures(), *b.timing()]
+            *b.ablations(), *b.long_budget(), *b.failures(), *b.timing()]
     summary = ["## Summary: where MLCL wins and loses", ""]
     for variant, comparisons in sorted(b.collector.tally.items()):
         wins = [c for c in comparisons if c.diff > 0]

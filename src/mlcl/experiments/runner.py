@@ -278,7 +278,8 @@ def run_cell(experiment: str, cell: Cell, options: RunOptions, tuned: TunedTable
             from mlcl.experiments.transfer import evaluate_target
 
             line["source_metrics"] = line["metrics"]
-            line["metrics"] = evaluate_target(trainer.model, cell.target, trainer.device, config.eval.knn_k)
+            line["metrics"] = evaluate_target(trainer.model, cell.target, trainer.device, config.eval.knn_k,
+                                              config.model)
     _cleanup(trainer, out_dir, options)
     return _finish(line, experiment, cell, started)
 

@@ -22,13 +22,15 @@ from torch import nn
 
 from mlcl.data.types import Dataset
 from mlcl.errors import ConfigError
+from mlcl.train.config import ModelConfig
 
 TARGETS = ("digits", "bbc-news")
 IMAGE_SIZE = 28
 
 
-def load_target(name: str) -> Dataset:
-    """The target dataset, its inputs ready for the source encoder (28x28 images or MiniLM embeddings)."""
+def load_target(name: str, model: ModelConfig | None = None) -> Dataset:
+    """The target dataset, its inputs ready for the source encoder: 28x28 images, or the sentence
+    embeddings of the source run's frozen text encoder (``model``; default MiniLM)."""
     from mlcl.data.registry import load_dataset
 
     if name not in TARGETS:
@@ -41,7 +43,7 @@ def load_target(name: str) -> Dataset:
     else:
         from mlcl.train.data_setup import embed_text_splits
 
-        dataset = embed_text_splits(dataset, progress=False)  # the cache that training uses
+        dataset = embed_text_splits(dataset, model, progress=False)  # the cache that training uses
     return dataset
 
 
@@ -61,11 +63,13 @@ def _probe(dataset: Dataset, featurize, knn_k: int) -> dict[str, Any]:
     )
 
 
-def evaluate_target(model: nn.Module, target: str, device: torch.device, knn_k: int = 20) -> dict[str, Any]:
-    """Probe ``model``'s frozen encoder features on ``target`` (per level: linear and kNN top-1)."""
+def evaluate_target(model: nn.Module, target: str, device: torch.device, knn_k: int = 20,
+                    model_config: ModelConfig | None = None) -> dict[str, Any]:
+    """Probe ``model``'s frozen encoder features on ``target`` (per level: linear and kNN top-1);
+    ``model_config`` is the source run's (its frozen text encoder embeds a text target)."""
     from mlcl.train.evaluation import extract
 
-    dataset = load_target(target)
+    dataset = load_target(target, model_config)
     return _probe(dataset, lambda inputs: extract(model, inputs, device), knn_k)
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from mlcl.data.image_folder import load_image_folder
 from mlcl.data.paths import fraction_split
@@ -18,9 +20,11 @@ from mlcl.data.protocols import add_label_noise, k_shot, label_fraction
 from mlcl.data.registry import load_dataset
 from mlcl.data.tabular import load_table
 from mlcl.data.types import Dataset, LabelLevel
-from mlcl.errors import DataError
+from mlcl.errors import ConfigError, DataError
 from mlcl.hierarchy import Hierarchy
-from mlcl.train.config import Config, DataConfig
+from mlcl.train.config import Config, DataConfig, ModelConfig
+from mlcl.train.runtime import barrier
+from mlcl.user_input import did_you_mean
 
 USER_SPLIT_OPTIONS = ("test_fraction", "val_fraction")
 
@@ -79,21 +83,64 @@ def uses_frozen_text_encoder(config: Config) -> bool:
     return config.model.encoder in ("minilm", "hf") and not config.model.encoder_options.get("trainable", False)
 
 
-def frozen_text_embedder(progress: bool = True):
-    """MiniLM sentence embeddings, each distinct text list computed once and cached on disk
-    (``$MLCL_CACHE_DIR``, default ``~/.cache/mlcl/embeddings``)."""
+# encoder_options of a frozen text run that belong to the sentence encoder; the others are the MLP's.
+FROZEN_TEXT_OPTIONS = ("model_name_or_path", "max_length", "pooling")
+
+
+def frozen_text_options(model: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A frozen text run's ``model.encoder_options`` split into (sentence encoder's, trained MLP's)."""
+    options = {k: v for k, v in model.encoder_options.items() if k != "trainable"}
+    if "mask_rate" in options:
+        raise ConfigError(
+            "model.encoder_options.mask_rate masks tokens of a trainable text encoder, but this one is frozen (its "
+            "sentence embeddings are computed once): set model.encoder_options.trainable=true or drop mask_rate"
+        )
+    mlp_options = ("hidden", "out_dim")  # MLPEncoder's, besides in_dim (the embedding size)
+    for key in options:
+        if key not in FROZEN_TEXT_OPTIONS + mlp_options:
+            raise ConfigError(
+                f"model.encoder_options.{key} is not an option of a frozen text encoder"
+                f"{did_you_mean(key, FROZEN_TEXT_OPTIONS + mlp_options)}: it takes {', '.join(FROZEN_TEXT_OPTIONS)} "
+                f"(the sentence encoder), {', '.join(mlp_options)} (the MLP trained on its embeddings) and trainable"
+            )
+    text = {key: options.pop(key) for key in FROZEN_TEXT_OPTIONS if key in options}
+    return text, options
+
+
+def frozen_text_embedder(model: ModelConfig | None = None, progress: bool = True):
+    """The run's frozen sentence encoder (MiniLM by default, or ``model.encoder=hf``) behind a cache:
+    each distinct text list is embedded once and kept on disk (``$MLCL_CACHE_DIR``, default
+    ``~/.cache/mlcl/embeddings``)."""
+    from mlcl.models.encoders import build_encoder
     from mlcl.models.text import CachedTextEmbeddings  # heavy import: only for text runs
 
+    encoder = None  # MiniLM with its defaults: loaded only when a text list is not in the cache
+    if model is not None:
+        text_options = frozen_text_options(model)[0]
+        if model.encoder == "hf" and "model_name_or_path" not in text_options:
+            raise ConfigError("model.encoder=hf needs model.encoder_options.model_name_or_path (a local Hugging "
+                              "Face model folder or a hub name)")
+        if model.encoder == "hf" or text_options:
+            encoder = build_encoder(model.encoder, trainable=False, **text_options)
     cache = os.environ.get("MLCL_CACHE_DIR", str(Path.home() / ".cache" / "mlcl" / "embeddings"))
-    return CachedTextEmbeddings(cache_dir=cache, progress=progress)
+    return CachedTextEmbeddings(encoder, cache_dir=cache, progress=progress)
 
 
-def embed_text_splits(dataset: Dataset, progress: bool = True) -> Dataset:
-    """Replace every split's texts by frozen MiniLM sentence embeddings."""
-    embed = frozen_text_embedder(progress)
+def embed_text_splits(dataset: Dataset, model: ModelConfig | None = None, progress: bool = True) -> Dataset:
+    """Replace every split's texts by the frozen encoder's sentence embeddings.
+
+    In a distributed run rank 0 embeds first and fills the disk cache, which the other ranks of this
+    machine then read instead of running the encoder at the same time.
+    """
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    embed = frozen_text_embedder(model, progress and rank == 0)  # a config error stops every rank here
+    if rank != 0:
+        barrier()
     for split in (dataset.train, dataset.val, dataset.test):
         if split is not None:
             split.inputs = embed(split.inputs)
+    if rank == 0:
+        barrier()
     dataset.modality = "features"
     return dataset
 
@@ -107,7 +154,7 @@ def prepare_dataset(config: Config, progress: bool = True) -> Dataset:
         dataset = load_dataset(data.name, **data.options)
     if dataset.modality == "text" and uses_frozen_text_encoder(config):
         # Whole splits first: their cached embeddings then serve every label fraction and seed.
-        dataset = embed_text_splits(dataset, progress)
+        dataset = embed_text_splits(dataset, config.model, progress)
     dataset = _apply_protocols(dataset, data, config.seed)
     if len(dataset.train) < config.train.batch_size:
         raise DataError(

@@ -34,7 +34,7 @@ def _inputs(trainer: Trainer, source: str):
     options = {k: v for k, v in trainer.config.data.options.items() if k not in USER_SPLIT_OPTIONS}
     split, _, _ = load_table(path, **options)  # the same columns as the training file
     if isinstance(split.inputs, list) and uses_frozen_text_encoder(trainer.config):
-        return frozen_text_embedder(progress=False)(split.inputs)  # what the trained MLP reads
+        return frozen_text_embedder(trainer.config.model, progress=False)(split.inputs)  # what the trained MLP reads
     return split.inputs
 
 

@@ -31,11 +31,11 @@ from mlcl.models.model import MultiLevelModel
 from mlcl.train import ddp, plots
 from mlcl.train.checkpoint import load_checkpoint, save_checkpoint
 from mlcl.train.config import Config, load_config, save_config
-from mlcl.train.data_setup import prepare_dataset
+from mlcl.train.data_setup import frozen_text_options, prepare_dataset, uses_frozen_text_encoder
 from mlcl.train.evaluation import evaluate_model, monitor_score
 from mlcl.train.methods import Objective
 from mlcl.train.runtime import (
-    StopRequest, barrier, configure_threads, init_distributed, resolve_device, seed_everything,
+    StopRequest, barrier, configure_threads, init_distributed, resolve_device, seed_everything, seed_rank,
 )
 from mlcl.train.views import ViewMaker
 
@@ -67,7 +67,8 @@ def build_model(config: Config, dataset: Dataset, objective: Objective) -> Multi
                 f"model.encoder={model_cfg.encoder} needs images, but {dataset.name} gives feature vectors "
                 "(or frozen text embeddings); use model.encoder=mlp"
             )
-        options.pop("trainable", None)
+        if uses_frozen_text_encoder(config):  # the sentence encoder's options were used by prepare_dataset
+            options = frozen_text_options(model_cfg)[1]
         encoder = MLPEncoder(in_dim=dataset.train.inputs.shape[1], **options)
     else:
         if model_cfg.encoder not in ("minilm", "hf"):
@@ -111,6 +112,7 @@ class Trainer:
             # A trainable text encoder has parameters its pooling never uses (e.g. BERT's pooler).
             self.module = ddp.wrap_model(self.model, self.device,
                                          find_unused_parameters=self.dataset.modality == "text")
+            seed_rank(config.seed, self.rank)  # after the (identical) initial weights
         params = list(self.model.parameters()) + list(self.objective.parameters())
         train = config.train
         if train.optimizer == "sgd":
@@ -140,21 +142,27 @@ class Trainer:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def _checkpoint_state(self) -> dict[str, Any]:
+    def _checkpoint_state(self, torch_rng: list[torch.Tensor]) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "loop": self.state,
-            "rng": {"torch": torch.get_rng_state(), "views": self.generator.get_state(),
+            "rng": {"torch": torch_rng, "views": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "config": self.config.to_dict(),
         }
 
-    def save(self, name: str) -> None:
+    def save(self, name: str, *, every_rank: bool = True) -> None:
+        """Write ``checkpoints/NAME`` from rank 0. With ``every_rank`` (all ranks call it) the checkpoint
+        holds each rank's generator state, so a resumed distributed run continues every rank's stream."""
+        torch_rng = [torch.get_rng_state()]
+        if every_rank and self.world > 1:
+            torch_rng = [torch.empty(0)] * self.world
+            dist.all_gather_object(torch_rng, torch.get_rng_state())
         if self.is_main:
-            save_checkpoint(self._checkpoint_state(), self.out_dir / "checkpoints" / name)
+            save_checkpoint(self._checkpoint_state(torch_rng), self.out_dir / "checkpoints" / name)
 
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint of this run: weights, optimiser, schedule, position and RNG."""
@@ -166,7 +174,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = state["loop"]
-        torch.set_rng_state(state["rng"]["torch"].cpu())
+        torch_rng = state["rng"]["torch"]
+        torch_rng = torch_rng if isinstance(torch_rng, list) else [torch_rng]  # older checkpoints: one state
+        torch.set_rng_state(torch_rng[self.rank if self.rank < len(torch_rng) else 0].cpu())
         self.generator.set_state(state["rng"]["views"].cpu())
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
@@ -240,7 +250,7 @@ class Trainer:
                 if self.state["best"] is None or score > self.state["best"]:
                     self.state["best"] = score
                     self.state["best_epoch"] = record["epoch"]
-                    self.save("best.pt")
+                    self.save("best.pt", every_rank=False)  # rank 0 only; runs resume from last.pt
         self.state["history"].append(record)
         self.state["epoch_sums"] = {}
         self.state["epoch"] += 1
