@@ -13,7 +13,6 @@ depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import socket
 import statistics
@@ -26,6 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mlcl import MultiLevelSupConLoss
+from mlcl.train.runtime import join_local_group
 
 TEMPERATURES = [0.5, 0.2, 0.1]
 
@@ -60,13 +60,7 @@ def one_process(args: argparse.Namespace, threads: int) -> float:
 
 def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=120),
-    )
+    join_local_group(rank, world, port, timeout_s=120)
     try:
         per_rank = args.batch // world
         z, labels = make_batch(args, slice(rank * per_rank, (rank + 1) * per_rank))

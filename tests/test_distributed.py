@@ -14,7 +14,6 @@ One spawn per world size runs all the cases (each spawn costs a torch import per
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import socket
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from mlcl import MultiLevelSupConLoss, NTXentLoss, SupConLoss, distributed
+from mlcl.train.runtime import join_local_group
 
 PER_RANK = 4  # b: samples per rank
 FEATURES, HIDDEN, DIMS = 6, 8, 5
@@ -221,13 +221,7 @@ def gather_shared_gradient(rank: int, world: int) -> dict[str, torch.Tensor]:
 
 def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),  # a hang becomes an error, not a stuck test
-    )
+    join_local_group(rank, world, port, timeout_s=60)
     try:
         results = {}
         for case in make_cases(world):
@@ -286,12 +280,17 @@ def ddp_run(request, tmp_path_factory):
     return world, ranks
 
 
+def ranks_and_reference(ddp_run, name: str):
+    """``(world, every rank's results, the one-process reference)`` of the case called ``name``."""
+    world, ranks = ddp_run
+    case = next(c for c in make_cases(world) if c.name == name)
+    return world, ranks, single_process(case)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [c.name for c in make_cases(2)])
 def test_ddp_gradients_equal_one_process(ddp_run, name):
-    world, ranks = ddp_run
-    case = next(c for c in make_cases(world) if c.name == name)
-    expected = single_process(case)
+    world, ranks, expected = ranks_and_reference(ddp_run, name)
     assert set(expected["grads"]) == set(ranks[0][name]["grads"])
     for rank, result in enumerate(ranks):
         for param, grad in result[name]["grads"].items():
@@ -304,9 +303,7 @@ def test_ddp_gradients_equal_one_process(ddp_run, name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [c.name for c in make_cases(2)])
 def test_rank_average_of_loss_equals_one_process_loss(ddp_run, name):
-    world, ranks = ddp_run
-    case = next(c for c in make_cases(world) if c.name == name)
-    expected = single_process(case)
+    _, ranks, expected = ranks_and_reference(ddp_run, name)
     mean_loss = torch.stack([r[name]["loss"] for r in ranks]).mean()
     mean_heads = torch.stack([r[name]["head_losses"] for r in ranks]).mean(0)
     torch.testing.assert_close(mean_loss, expected["loss"], rtol=1e-12, atol=1e-12)

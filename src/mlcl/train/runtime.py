@@ -7,6 +7,7 @@ worker and :func:`shutdown_distributed` closes it; starting the workers and repo
 
 from __future__ import annotations
 
+import datetime
 import os
 import random
 import signal
@@ -142,6 +143,14 @@ def init_distributed(device: str) -> tuple[int, int, int]:
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     return dist.get_rank(), local_rank, dist.get_world_size()
+
+
+def join_local_group(rank: int, world: int, port: int, timeout_s: float = 120.0) -> None:
+    """Join a CPU (gloo) group of ``world`` processes on this machine that meet at ``port``: for
+    processes started by hand (tests, benchmarks, notebooks) rather than by torchrun. A peer that
+    never arrives or hangs becomes an error after ``timeout_s`` instead of a stuck process."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def barrier() -> None:
