@@ -26,6 +26,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from mlcl import MultiLevelSupConLoss, NTXentLoss, SupConLoss, distributed
+from mlcl.losses import BatchHardTripletLoss, HiMulConLoss, MulSupConLoss
 from mlcl.train.runtime import join_local_group
 
 PER_RANK = 4  # b: samples per rank
@@ -50,6 +51,8 @@ class Net(nn.Module):
             return self.loss(z[0])
         if isinstance(self.loss, SupConLoss):
             return self.loss(z[0], relation, anchor_mask)
+        if isinstance(self.loss, (HiMulConLoss, MulSupConLoss, BatchHardTripletLoss)):  # one shared head
+            return self.loss(z[0], relation)
         return self.loss(z, relation, anchor_mask)
 
 
@@ -168,7 +171,34 @@ def make_cases(world: int, b: int = PER_RANK) -> list[Case]:
     sup_dense[0, n - 1] = True
     cases.append(Case("supcon_dense", 1, lambda g: SupConLoss(0.15, g), inputs(2), sup_dense, 0))
     cases.append(Case("simclr", 1, lambda g: NTXentLoss(0.5, g), inputs(2)))
+    # HiMulCon: which level wins the hierarchy max must follow the global per-level losses.
+    levels, _ = mlcl_labels(world, b, gen)
+    for mode in ("hmce", "hce"):
+        cases.append(Case(f"himulcon_{mode}", 1, lambda g, m=mode: HiMulConLoss(0.2, m, gather_distributed=g),
+                          inputs(2), levels, 0))
+    # MulSupCon: label counts (the degrees) are global; label 4 has one member, on the last rank.
+    hot = torch.rand(n, 5, generator=gen) > 0.6
+    hot[:, 4] = False
+    hot[n - 1, 4] = True
+    hot[0] = False  # no label: never an anchor
+    cases.append(Case("mulsupcon", 1, lambda g: MulSupConLoss(0.15, gather_distributed=g), inputs(2), hot, 0))
+    # Triplet: sample 0's only positive besides its own view is on the last rank; sample 1 is unlabelled.
+    triplet = torch.randint(0, 3, (n,), generator=gen)
+    triplet[0] = triplet[n - 1] = 30
+    triplet[1] = -1
+    cases.append(Case("triplet", 1, lambda g: BatchHardTripletLoss(0.3, gather_distributed=g), inputs(2), triplet, 0))
+    cases.append(Case("triplet_soft_cosine_1view", 1,
+                      lambda g: BatchHardTripletLoss(distance="cosine", soft=True, gather_distributed=g),
+                      inputs(1), triplet, 0))
     return cases
+
+
+def logged_losses(loss: nn.Module) -> torch.Tensor:
+    """The per-head (MLCL, SupCon) or per-level (HiMulCon) losses a loss keeps for logging; else empty."""
+    for name in ("last_head_losses", "last_level_losses"):
+        if getattr(loss, name, None) is not None:
+            return getattr(loss, name)
+    return torch.zeros(0, dtype=torch.float64)
 
 
 def free_port() -> int:
@@ -231,7 +261,7 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
             loss.backward()
             results[case.name] = {
                 "loss": loss.detach(),
-                "head_losses": net.loss.last_head_losses,
+                "head_losses": logged_losses(net.loss),
                 "grads": {name: p.grad.detach().clone() for name, p in net.named_parameters()},
             }
         results["unequal_batch"] = unequal_batch_errors(rank, world)
@@ -264,7 +294,7 @@ def single_process(case: Case) -> dict:
     loss = net(*case.global_inputs())
     loss.backward()
     grads = {name: p.grad.detach().clone() for name, p in net.named_parameters()}
-    return {"loss": loss.detach(), "head_losses": net.loss.last_head_losses, "grads": grads}
+    return {"loss": loss.detach(), "head_losses": logged_losses(net.loss), "grads": grads}
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -54,9 +54,10 @@ def test_quickstart_slice_writes_every_output(tmp_path, capsys):
         ["method.name=ce", "method.views=1"],
         ["method.name=himulcon"],
         ["method.name=mulsupcon"],
+        ["method.name=triplet", "method.triplet_margin=0.3"],
         ["method.instance_head=true", "method.classifier_weight=0.5"],
     ],
-    ids=["supcon", "simclr", "ce", "himulcon", "mulsupcon", "mlcl-instance-classifiers"],
+    ids=["supcon", "simclr", "ce", "himulcon", "mulsupcon", "triplet", "mlcl-instance-classifiers"],
 )
 def test_every_method_trains_and_evaluates(tmp_path, method_overrides):
     code, out = run(tmp_path, *SMALL_FASHION, "data.options.limit_train=700", "eval.embedding_map=none",
@@ -79,6 +80,13 @@ def test_multilabel_grid_reports_map_and_f1(tmp_path):
     for level in ("coarse", "fine"):
         assert set(metrics["test"][level]) == {"mAP", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"}
         assert 0.0 <= metrics["test"][level]["mAP"] <= 1.0
+
+
+def test_triplet_refuses_multi_label_classes(tmp_path, capsys):
+    code, _ = run(tmp_path, "data.name=fashion-mnist-grid", "data.options={n_train: 200, n_val: 50, n_test: 50}",
+                  "train.batch_size=50", "method.name=triplet")
+    assert code == 2
+    assert "method.name=triplet needs one class per sample at the finest level" in capsys.readouterr().err
 
 
 def test_same_seed_reproduces_and_another_seed_differs(tmp_path):

@@ -42,6 +42,18 @@ def check_batch_sizes(values: Sequence[int]) -> None:
         )
 
 
+def check_same_shapes(shape: Sequence[int], what: str, device: torch.device | str = "cpu") -> None:
+    """Raise the same ``ValueError`` on every rank unless all ranks' ``shape`` (batch first) agree.
+
+    A collective done before any rank-local check, so that unequal batches fail on every rank instead
+    of leaving a rank whose own check happened to pass waiting in the next gather.
+    """
+    shapes = gather_sizes(shape, device)
+    check_batch_sizes([s[0] for s in shapes])
+    if len(set(shapes)) != 1:
+        raise ValueError(f"gather_distributed needs {what} of the same shape on every rank, got {shapes}")
+
+
 def check_same_size(size: int, device: torch.device | str = "cpu") -> None:
     """Raise the same ``ValueError`` on every rank unless all ranks pass the same ``size`` (a collective)."""
     check_batch_sizes([s[0] for s in gather_sizes([size], device)])

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mlcl import distributed
 from mlcl.losses._validate import check_head_values, check_views
 from mlcl.losses.multilevel import compute_dtype, multilevel_supcon
 
@@ -66,11 +67,21 @@ def levels_with_anchors(labels: torch.Tensor, n_views: int) -> torch.Tensor:
     return torch.stack(repeated).to(labels.device)
 
 
-def hierarchy_constrained(level_losses: torch.Tensor, has_anchor: torch.Tensor) -> torch.Tensor:
-    """L̂_l = max over levels l' >= l (finer) with anchors of L_{l'}; 0 where level l has no anchor."""
-    masked = torch.where(has_anchor, level_losses, torch.full_like(level_losses, float("-inf")))
-    running = masked.flip(0).cummax(0).values.flip(0)
-    return torch.where(has_anchor, running, torch.zeros_like(running))
+def hierarchy_constrained(
+    level_losses: torch.Tensor, has_anchor: torch.Tensor, reference: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L̂_l = max over levels l' >= l (finer) with anchors of L_{l'}; 0 where level l has no anchor.
+
+    ``reference`` (default ``level_losses``) decides which level is the max; ``level_losses`` supplies
+    the value. Under ``gather_distributed`` each rank's ``level_losses`` is its share of the global
+    losses, and the max must follow the global ones (``reference``) for DDP to match one process.
+    """
+    reference = level_losses if reference is None else reference
+    masked = torch.where(has_anchor, reference, torch.full_like(reference, float("-inf")))
+    finest_first = masked.flip(0).cummax(0).indices.flip(0)  # positions in the flipped order
+    winner = len(level_losses) - 1 - finest_first
+    picked = level_losses.gather(0, winner)
+    return torch.where(has_anchor, picked, torch.zeros_like(picked))
 
 
 def himulcon(
@@ -80,10 +91,13 @@ def himulcon(
     mode: str = "hmce",
     level_penalty: Sequence[float] | None = None,
     block_size: int | None = None,
+    gather_distributed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, L_l)``: the HiMulCon loss of ``z`` ``(B, V, D)`` and the ``(L,)`` per-level SupCon losses.
 
-    All levels come from one batched call of the fused kernel on ``z`` shared by L heads.
+    All levels come from one batched call of the fused kernel on ``z`` shared by L heads. With
+    ``gather_distributed`` the keys are every rank's rows (as in :class:`MultiLevelSupConLoss`), the
+    hierarchy max follows the global per-level losses, and ``L_l`` are those global values (detached).
     """
     check_views(z, "HiMulConLoss")
     check_level_labels(labels, z.shape[0])
@@ -97,20 +111,27 @@ def himulcon(
     shared = z.unsqueeze(0).expand(num_levels, *z.shape)
     temperatures = torch.full((num_levels,), float(temperature), dtype=dtype)
     _, level_losses = multilevel_supcon(
-        shared, labels, temperatures, torch.ones(num_levels, dtype=dtype), block_size=block_size
+        shared, labels, temperatures, torch.ones(num_levels, dtype=dtype), gather_distributed=gather_distributed,
+        block_size=block_size,
     )
+    world = distributed.rank_and_world()[1] if gather_distributed else 1
+    # This rank's level losses are its share: their mean over ranks is the global per-level loss.
+    reference = distributed.all_reduce_sum(level_losses) / world if world > 1 else level_losses
     terms = level_losses
     if mode in ("hce", "hmce"):
-        terms = hierarchy_constrained(level_losses, levels_with_anchors(labels, z.shape[1]).to(z.device))
+        every_label = distributed.gather_no_grad(labels.to(z.device), 0, check_size=False) if world > 1 else labels
+        has_anchor = levels_with_anchors(every_label, z.shape[1]).to(z.device)
+        terms = hierarchy_constrained(level_losses, has_anchor, reference.detach())
     if mode in ("hmc", "hmce"):
         terms = terms * torch.tensor(penalty, dtype=dtype, device=z.device)
-    return terms.sum() / num_levels, level_losses
+    return terms.sum() / num_levels, reference
 
 
 class HiMulConLoss(nn.Module):
     """HiMulCon (Zhang et al., CVPR 2022) with ``mode`` ``"hmc"``, ``"hce"`` or ``"hmce"``.
 
     ``level_penalty``: λ_l per level, coarse -> fine (default 2^{1/(L−l)}; see the module docstring).
+    ``gather_distributed``: contrast against every rank's samples (DDP gives one process's gradients).
 
     Example::
 
@@ -125,6 +146,7 @@ class HiMulConLoss(nn.Module):
         mode: str = "hmce",
         level_penalty: Sequence[float] | None = None,
         block_size: int | None = None,
+        gather_distributed: bool = False,
     ):
         super().__init__()
         check_head_values("temperature", [temperature], 1, positive=True)
@@ -138,9 +160,11 @@ class HiMulConLoss(nn.Module):
         self.mode = mode
         self.level_penalty = None if level_penalty is None else [float(v) for v in level_penalty]
         self.block_size = block_size
+        self.gather_distributed = gather_distributed
         self.last_level_losses: torch.Tensor | None = None
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss, level_losses = himulcon(z, labels, self.temperature, self.mode, self.level_penalty, self.block_size)
+        loss, level_losses = himulcon(z, labels, self.temperature, self.mode, self.level_penalty, self.block_size,
+                                      self.gather_distributed)
         self.last_level_losses = level_losses.detach()
         return loss

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlcl import distributed
 from mlcl.losses._validate import check_head_values, check_views
 from mlcl.losses.fused import FusedSupCon
 from mlcl.losses.multilevel import compute_dtype
@@ -44,18 +45,28 @@ class MultiLabelRelation:
     Row i of sample a gets the key weights w_ij = (1/n_a) Σ_{k ∈ y_a ∩ y_b(j)} 1/deg_k for j ≠ i, where
     deg_k = V·count_k − 1 is the number of positives of any anchor with label k and n_a counts a's
     labels with deg_k > 0. Each label's weights sum to 1, so Σ_j w_ij = 1: ``degree`` is 1. Sums go
-    through the label space, ``(B, C) @ ((C, B) @ (B, D))``, never an n × n weight matrix.
+    through the label space, ``(b, C) @ ((C, B) @ (B, D))``, never an n × n weight matrix.
+
+    ``multi_hot`` holds every key sample (all ranks' under ``gather_distributed``); the anchors are the
+    ``n_anchor_samples`` samples from ``anchor_sample_offset`` (default: all of them).
     """
 
-    def __init__(self, multi_hot: torch.Tensor, n_views: int, dtype: torch.dtype):
+    def __init__(self, multi_hot: torch.Tensor, n_views: int, dtype: torch.dtype,
+                 anchor_sample_offset: int = 0, n_anchor_samples: int | None = None):
         hot = multi_hot.to(dtype)
         positives_per_label = n_views * hot.sum(0) - 1  # deg_k
         usable = positives_per_label > 0
         inv_degree = torch.where(usable, 1 / positives_per_label.clamp_min(1), torch.zeros_like(positives_per_label))
-        self.labels_per_sample = (hot * usable).sum(1)  # n_a
+        labels_per_sample = (hot * usable).sum(1)  # n_a
         # q_ak = y_ak / (n_a · deg_k): sample a's weight on label k's members.
-        self.label_weights = hot * inv_degree / self.labels_per_sample.clamp_min(1).unsqueeze(1)
-        self.own_weight = self.label_weights.sum(1)  # Σ_k q_ak y_ak: the weight of a's own other rows
+        label_weights = hot * inv_degree / labels_per_sample.clamp_min(1).unsqueeze(1)
+        own_weight = label_weights.sum(1)  # Σ_k q_ak y_ak: the weight of a's own other rows
+        n_anchor_samples = len(hot) - anchor_sample_offset if n_anchor_samples is None else n_anchor_samples
+        anchors = slice(anchor_sample_offset, anchor_sample_offset + n_anchor_samples)
+        self.anchor_rows = slice(anchors.start * n_views, anchors.stop * n_views)
+        self.label_weights, self.own_weight = label_weights[anchors], own_weight[anchors]
+        self.labels_per_sample = labels_per_sample[anchors]
+        self.total_pairs = labels_per_sample.sum() * n_views  # (anchor row, label) pairs of all samples
         self.hot = hot
         self.n_views = n_views
 
@@ -67,11 +78,14 @@ class MultiLabelRelation:
 
     def positive_sum(self, keys: torch.Tensor) -> torch.Tensor:
         per_sample = self.label_weights @ (self.hot.t() @ self._per_sample(keys[0]))
-        return (self._per_row(per_sample) - self._per_row(self.own_weight).unsqueeze(1) * keys[0]).unsqueeze(0)
+        own = self._per_row(self.own_weight).unsqueeze(1) * keys[0, self.anchor_rows]
+        return (self._per_row(per_sample) - own).unsqueeze(0)
 
     def positive_sum_transposed(self, anchors: torch.Tensor) -> torch.Tensor:
         per_sample = self.hot @ (self.label_weights.t() @ self._per_sample(anchors[0]))
-        return (self._per_row(per_sample) - self._per_row(self.own_weight).unsqueeze(1) * anchors[0]).unsqueeze(0)
+        out = self._per_row(per_sample)
+        out[self.anchor_rows] -= self._per_row(self.own_weight).unsqueeze(1) * anchors[0]
+        return out.unsqueeze(0)
 
     def degree(self) -> torch.Tensor:
         return self.eligible().to(torch.float64)
@@ -80,25 +94,35 @@ class MultiLabelRelation:
         return self._per_row(self.labels_per_sample > 0).unsqueeze(0)
 
     def anchor_weight(self) -> torch.Tensor:
-        """``(1, n)``: n_a / #pairs per row, so that Σ_i c_i Σ_k ℓ_ik / n_a is the mean over pairs."""
+        """``(1, m)``: n_a / #pairs per anchor row, so that Σ_i c_i Σ_k ℓ_ik / n_a is the mean over all
+        (anchor row, label) pairs of every key sample."""
         pairs = self._per_row(self.labels_per_sample).unsqueeze(0)
-        return pairs / pairs.sum().clamp_min(1)
+        return pairs / self.total_pairs.clamp_min(1)
 
 
 def mulsupcon(
-    z: torch.Tensor, multi_hot: torch.Tensor, temperature: float, block_size: int | None = None
+    z: torch.Tensor, multi_hot: torch.Tensor, temperature: float, block_size: int | None = None,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
     """MulSupCon loss of ``z`` ``(B, V, D)`` with labels ``multi_hot`` ``(B, C)``: the mean over all
-    (anchor row, label) pairs (see the module docstring)."""
+    (anchor row, label) pairs (see the module docstring). With ``gather_distributed`` the keys and
+    labels are every rank's and each rank's anchors its own rows (DDP gives one process's gradients)."""
+    rank, world = distributed.rank_and_world() if gather_distributed else (0, 1)
+    if world > 1:
+        distributed.check_same_shapes([*z.shape, *multi_hot.shape[1:]], "z (B, V, D) and multi_hot (B, C)", z.device)
     check_views(z, "MulSupConLoss")
     check_multi_hot(multi_hot, z.shape[0])
     batch, n_views, _ = z.shape
     dtype = compute_dtype(z.dtype)
-    keys = F.normalize(z.to(dtype), dim=-1).reshape(1, batch * n_views, -1)
-    relation = MultiLabelRelation(multi_hot.to(z.device), n_views, dtype)
+    local = F.normalize(z.to(dtype), dim=-1).reshape(1, batch * n_views, -1)
+    keys = distributed.gather_with_grad(local, dim=1, check_size=False) if world > 1 else local
+    hot = multi_hot.to(z.device)
+    every_hot = distributed.gather_no_grad(hot, 0, check_size=False) if world > 1 else hot
+    relation = MultiLabelRelation(every_hot, n_views, dtype, rank * batch, batch)
     inv_tau = torch.full((1,), 1.0 / temperature, dtype=dtype, device=z.device)
-    rows = slice(0, batch * n_views)
-    return FusedSupCon.apply(keys, inv_tau, relation, rows, relation.anchor_weight(), block_size)[0]
+    # Scaled by W: DDP's gradient average over ranks is then the gradient of the global mean.
+    weight = relation.anchor_weight() * world
+    return FusedSupCon.apply(keys, inv_tau, relation, relation.anchor_rows, weight, block_size)[0]
 
 
 class MulSupConLoss(nn.Module):
@@ -109,13 +133,14 @@ class MulSupConLoss(nn.Module):
         loss = MulSupConLoss(temperature=0.1)(z, multi_hot)   # z: (B, V, D); multi_hot: (B, C) 0/1
     """
 
-    def __init__(self, temperature: float = 0.1, block_size: int | None = None):
+    def __init__(self, temperature: float = 0.1, block_size: int | None = None, gather_distributed: bool = False):
         super().__init__()
         check_head_values("temperature", [temperature], 1, positive=True)
         if block_size is not None and block_size < 1:
             raise ValueError(f"block_size must be >= 1 or None, got {block_size}")
         self.temperature = float(temperature)
         self.block_size = block_size
+        self.gather_distributed = gather_distributed
 
     def forward(self, z: torch.Tensor, multi_hot: torch.Tensor) -> torch.Tensor:
-        return mulsupcon(z, multi_hot, self.temperature, self.block_size)
+        return mulsupcon(z, multi_hot, self.temperature, self.block_size, self.gather_distributed)

@@ -38,13 +38,8 @@ def multilevel_supcon(
     check_projections(z)
     num_heads, batch, n_views, _ = z.shape
     rank, world = distributed.rank_and_world() if gather_distributed else (0, 1)
-    if world > 1:
-        # One collective before any rank-local check, so that unequal batches raise the same error on
-        # every rank (a rank whose (H, b, W·b) check happened to pass would otherwise wait in the gather).
-        shapes = distributed.gather_sizes(z.shape[1:], z.device)
-        distributed.check_batch_sizes([shape[0] for shape in shapes])
-        if len(set(shapes)) != 1:
-            raise ValueError(f"gather_distributed needs z of the same (B, V, D) on every rank, got {shapes}")
+    if world > 1:  # before the rank-local checks: a rank whose (H, b, W·b) check passed would hang
+        distributed.check_same_shapes(z.shape[1:], "z (B, V, D)", z.device)
     is_labels = not (relation.dtype.is_floating_point or relation.dtype == torch.bool)
     check_relation(relation, num_heads, batch, key_batch=batch * world)
     check_anchor_mask(anchor_mask, num_heads, batch)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlcl import distributed
 from mlcl.losses._validate import check_views
 from mlcl.losses.multilevel import compute_dtype
 
@@ -41,14 +42,13 @@ def _rows_and_labels(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     return rows, labels.to(z.device).repeat_interleave(n_views)
 
 
-def pairwise_distance(rows: torch.Tensor, distance: str, normalize: bool) -> torch.Tensor:
-    """``(N, N)`` distances between rows: Euclidean (on unit rows if ``normalize``) or cosine."""
+def pairwise_distance(rows: torch.Tensor, keys: torch.Tensor, distance: str, normalize: bool) -> torch.Tensor:
+    """``(m, N)`` distances from rows to keys: Euclidean (on unit rows if ``normalize``) or cosine."""
     if distance == "cosine":
-        unit = F.normalize(rows, dim=-1)
-        return 1 - unit @ unit.t()
+        return 1 - F.normalize(rows, dim=-1) @ F.normalize(keys, dim=-1).t()
     if normalize:
-        rows = F.normalize(rows, dim=-1)
-    return torch.cdist(rows, rows)
+        rows, keys = F.normalize(rows, dim=-1), F.normalize(keys, dim=-1)
+    return torch.cdist(rows, keys)
 
 
 def batch_hard_triplet(
@@ -58,22 +58,36 @@ def batch_hard_triplet(
     distance: str = "euclidean",
     soft: bool = False,
     normalize: bool = True,
+    gather_distributed: bool = False,
 ) -> torch.Tensor:
-    """Batch-hard triplet loss of ``z`` ``(B, V, D)`` or ``(N, D)`` with ``labels`` ``(B,)`` / ``(N,)``."""
+    """Batch-hard triplet loss of ``z`` ``(B, V, D)`` or ``(N, D)`` with ``labels`` ``(B,)`` / ``(N,)``.
+
+    With ``gather_distributed`` each rank's rows mine their hardest positive and negative among every
+    rank's rows, and the mean runs over all ranks' anchors (DDP then gives one process's gradients).
+    """
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    rank, world = distributed.rank_and_world() if gather_distributed else (0, 1)
+    if world > 1 and isinstance(z, torch.Tensor):
+        distributed.check_same_shapes(z.shape, "z", z.device)
     rows, row_labels = _rows_and_labels(z, labels)
-    dist = pairwise_distance(rows, distance, normalize)
+    keys = distributed.gather_with_grad(rows, 0, check_size=False) if world > 1 else rows
+    key_labels = distributed.gather_no_grad(row_labels, 0, check_size=False) if world > 1 else row_labels
+    dist = pairwise_distance(rows, keys, distance, normalize)
     labelled = row_labels >= 0
-    same = row_labels.unsqueeze(0) == row_labels.unsqueeze(1)
-    not_self = ~torch.eye(len(rows), dtype=torch.bool, device=rows.device)
+    same = row_labels.unsqueeze(1) == key_labels.unsqueeze(0)
+    own = torch.arange(len(rows), device=rows.device)
+    not_self = torch.ones_like(same)
+    not_self[own, own + rank * len(rows)] = False
     positive, negative = same & not_self, ~same
     valid = labelled & positive.any(1) & negative.any(1)
     hardest_positive = torch.where(positive, dist, torch.full_like(dist, float("-inf"))).amax(1)
     hardest_negative = torch.where(negative, dist, torch.full_like(dist, float("inf"))).amin(1)
     gap = torch.where(valid, hardest_positive - hardest_negative, torch.zeros_like(hardest_positive))
     per_anchor = F.softplus(gap) if soft else F.relu(gap + margin)
-    return torch.where(valid, per_anchor, torch.zeros_like(per_anchor)).sum() / valid.sum().clamp_min(1)
+    count = valid.sum().to(rows.dtype)
+    count = distributed.all_reduce_sum(count) if world > 1 else count
+    return torch.where(valid, per_anchor, torch.zeros_like(per_anchor)).sum() * world / count.clamp_min(1)
 
 
 class BatchHardTripletLoss(nn.Module):
@@ -84,7 +98,8 @@ class BatchHardTripletLoss(nn.Module):
         loss = BatchHardTripletLoss(margin=0.2)(z, labels)   # z: (B, V, D) or (N, D); labels: (B,) / (N,)
     """
 
-    def __init__(self, margin: float = 0.2, distance: str = "euclidean", soft: bool = False, normalize: bool = True):
+    def __init__(self, margin: float = 0.2, distance: str = "euclidean", soft: bool = False, normalize: bool = True,
+                 gather_distributed: bool = False):
         super().__init__()
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
@@ -94,6 +109,8 @@ class BatchHardTripletLoss(nn.Module):
         self.distance = distance
         self.soft = soft
         self.normalize = normalize
+        self.gather_distributed = gather_distributed
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return batch_hard_triplet(z, labels, self.margin, self.distance, self.soft, self.normalize)
+        return batch_hard_triplet(z, labels, self.margin, self.distance, self.soft, self.normalize,
+                                  self.gather_distributed)

@@ -18,7 +18,7 @@ import yaml
 from mlcl.errors import ConfigError
 from mlcl.user_input import did_you_mean
 
-METHODS = ("ce", "supcon", "simclr", "himulcon", "mulsupcon", "mlcl")
+METHODS = ("ce", "supcon", "simclr", "himulcon", "mulsupcon", "triplet", "mlcl")
 INSTANCE_HEAD = "instance"
 
 
@@ -96,6 +96,8 @@ class MethodConfig:
             raise ConfigError(f"{key}.instance_temperature must be > 0, got {self.instance_temperature}")
         if self.views < 1:
             raise ConfigError(f"{key}.views must be >= 1, got {self.views}")
+        if not 0 <= self.triplet_margin < float("inf"):
+            raise ConfigError(f"{key}.triplet_margin must be a finite number >= 0, got {self.triplet_margin}")
         if self.name == "simclr" and self.views < 2:
             raise ConfigError(f"{key}.views must be >= 2 for simclr (its only positives are other views)")
         if self.classifier_weight < 0:

@@ -20,6 +20,7 @@ from mlcl.user_input import did_you_mean
 from mlcl.losses import MultiLevelSupConLoss
 from mlcl.losses.himulcon import HiMulConLoss
 from mlcl.losses.mulsupcon import MulSupConLoss
+from mlcl.losses.triplet import BatchHardTripletLoss
 from mlcl.train.config import INSTANCE_HEAD, MethodConfig
 
 
@@ -53,7 +54,10 @@ def plan_heads(method: MethodConfig, dataset: Dataset) -> list[Head]:
         return []
     if method.name == "simclr":
         return [Head(INSTANCE_HEAD, None, method.temperatures[0], 1.0)]
-    if method.name in ("supcon", "himulcon", "mulsupcon"):
+    if method.name == "triplet" and finest.multi_label:
+        raise ConfigError(f"method.name=triplet needs one class per sample at the finest level, but {finest.name!r} "
+                          f"of {dataset.name} is multi-label; use mulsupcon, supcon (exact label sets) or mlcl")
+    if method.name in ("supcon", "himulcon", "mulsupcon", "triplet"):
         return [Head(method.name, finest, method.temperatures[0], 1.0)]
     names = method.heads or [level.name for level in dataset.levels]
     for name in names:
@@ -88,9 +92,12 @@ class Objective(nn.Module):
         self.gather = gather_distributed
         self.contrastive: nn.Module | None = None
         if method.name == "himulcon":
-            self.contrastive = HiMulConLoss(temperature=self.heads[0].temperature, mode=method.himulcon_mode)
+            self.contrastive = HiMulConLoss(temperature=self.heads[0].temperature, mode=method.himulcon_mode,
+                                            gather_distributed=gather_distributed)
+        elif method.name == "triplet":
+            self.contrastive = BatchHardTripletLoss(margin=method.triplet_margin, gather_distributed=gather_distributed)
         elif method.name == "mulsupcon":
-            self.contrastive = MulSupConLoss(temperature=self.heads[0].temperature)
+            self.contrastive = MulSupConLoss(temperature=self.heads[0].temperature, gather_distributed=gather_distributed)
         elif self.heads:
             self.contrastive = MultiLevelSupConLoss(
                 [h.temperature for h in self.heads],
@@ -147,6 +154,8 @@ class Objective(nn.Module):
             if self.method == "himulcon":
                 labels = torch.stack([targets[level.name] for level in self.levels], 1)
                 contrastive = self.contrastive(projections[0], labels)
+            elif self.method == "triplet":
+                contrastive = self.contrastive(projections[0], targets[self.heads[0].level.name])
             elif self.method == "mulsupcon":
                 hot = torch.cat([self._multi_hot(targets[level.name], level) for level in self.levels], 1)
                 contrastive = self.contrastive(projections[0], hot)
