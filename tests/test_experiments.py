@@ -191,12 +191,29 @@ def test_long_budget_rows_sit_next_to_the_usual_budget(tmp_path):
     report = write_report(results, tmp_path / "results.md")
     section = report.markdown.split("## Longer training")[1].split("\n## ")[0]
     per_epoch = grids.DATASETS["fashion-mnist"].steps_per_epoch(0.1)
+    assert "| labels, setting |" in section
     short_row = next(line for line in section.splitlines() if line.startswith(f"| 10 %, {8 * per_epoch} steps "))
     long_row = next(line for line in section.splitlines() if line.startswith(f"| 10 %, {32 * per_epoch} steps "))
     assert "81.00 ± 1.41 (n=2)" in short_row and "himulcon" not in section  # only the long-budget methods
     assert "87.00 ± 1.41 (n=2)" in long_row and long_row.rstrip(" |").endswith("-1.00 (vs supcon)")
     assert any("long-budget fine linear-probe top-1" in loss and "-1.00 points" in loss for loss in report.losses)
     assert "long-budget.png" in {path.name for path in report.plots}
+
+
+def test_wide_encoder_rows_sit_next_to_the_usual_width(tmp_path):
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        for experiment, width, score in (("limited-data", 16, 0.80), ("wide-encoder", 48, 0.84)):
+            config = {"model": {"encoder_options": {"width": width}}}
+            for method, delta in (("supcon", 0.0), ("mlcl", 0.01)):
+                append_line(results / f"{experiment}.jsonl",
+                            _line(experiment, method, 0.1, seed, score + delta + 0.01 * seed, config=config))
+    report = write_report(results, tmp_path / "results.md")
+    section = report.markdown.split("## Wider encoder")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| 10 %, width")]
+    assert [row.split(" | ")[0] for row in rows[:2]] == ["| 10 %, width 16", "| 10 %, width 48"]
+    assert "85.50 ± 0.71 (n=2)" in rows[1] and rows[1].rstrip(" |").endswith("+1.00 (vs supcon)")
+    assert "wide-encoder.png" in {path.name for path in report.plots}
 
 
 def test_statistics_helpers():

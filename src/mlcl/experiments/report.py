@@ -470,33 +470,50 @@ class _Builder:
                     f"{fmt_stat(c.baseline_stat)} fine linear-probe top-1.", ""]
         return out + ["(%)", "", *rows, "", *note]
 
-    # -- long budget
-    def long_budget(self) -> list[str]:
-        lines = ok(self.results.get("long-budget", []))
-        out = ["## Longer training (4x the steps)", ""]
+    # -- scaling: longer training, wider encoder
+    def scaling(self) -> list[str]:
+        width = lambda line: (line.get("config") or {}).get("model", {}).get("encoder_options", {}).get("width")  # noqa: E731
+        return [
+            *self._versus_usual(
+                "long-budget", "Longer training (4x the steps)",
+                f"The same Fashion-MNIST cells as limited-data (same model, seeds and tuned learning rate / "
+                f"temperature) trained for {grids.LONG_BUDGET_FACTOR}x the optimiser steps, to test whether the "
+                "method's gains need longer training. Rows at the usual budget are limited-data's cells.",
+                lambda line: (line["fraction"], _steps(line)), lambda key: f"{_pct(key[0])}, {key[1]} steps",
+                "optimiser steps (log)", "accuracy vs training length"),
+            *self._versus_usual(
+                "wide-encoder", "Wider encoder",
+                f"The same Fashion-MNIST cells as limited-data with a {grids.WIDE_WIDTH // 16}x wider CNN "
+                f"(channels {grids.WIDE_WIDTH}-{2 * grids.WIDE_WIDTH}-{4 * grids.WIDE_WIDTH} instead of 16-32-64), "
+                "same budget and tuned learning rate / temperature, to test whether the method's gains need a "
+                "larger model. Rows with width 16 are limited-data's cells.",
+                lambda line: (line["fraction"], width(line)), lambda key: f"{_pct(key[0])}, width {key[1]}",
+                "CNN width (log)", "accuracy vs encoder width"),
+        ]
+
+    def _versus_usual(self, name: str, title: str, intro: str, row_of: Callable[[dict], tuple],
+                      label: Callable[[tuple], str], xlabel: str, plot_title: str) -> list[str]:
+        """An experiment that changes one thing of limited-data's Fashion-MNIST cells: both side by side."""
+        lines = ok(self.results.get(name, []))
+        out = [f"## {title}", ""]
         if not lines:
-            return out + ["Not run yet: `mlcl experiment long-budget`.", ""]
+            return out + [f"Not run yet: `mlcl experiment {name}`.", ""]
         methods = {line["method"] for line in lines}
         fractions = {line["fraction"] for line in lines}
         usual = [line for line in ok(self.results.get("limited-data", []))
                  if line["dataset"] == "fashion-mnist" and line["method"] in methods and line["fraction"] in fractions]
-        out += ["The same Fashion-MNIST cells as limited-data (same model, seeds and tuned learning rate / "
-                f"temperature) trained for {grids.LONG_BUDGET_FACTOR}x the optimiser steps, to test whether the "
-                "method's gains need longer training. Rows at the usual budget are limited-data's cells.", "",
-                _command("long-budget"), ""]
+        out += [intro, "", _command(name), ""]
         both = usual + lines
         for level, metric in LEVEL_METRICS:
-            groups = grouped(both, lambda line: (line["fraction"], _steps(line)),
-                             lambda line, lv=level, m=metric: metric_of(line, lv, m))
-            rows = [(f"{_pct(f)}, {steps} steps", groups[(f, steps)]) for f, steps in sorted(groups)]
+            groups = grouped(both, row_of, lambda line, lv=level, m=metric: metric_of(line, lv, m))
+            rows = [(label(key), groups[key]) for key in sorted(groups)]
             out += [f"**{level} {METRIC_NAMES[metric]}** (%)", "",
-                    table("labels, steps", rows, f"long-budget {level} {METRIC_NAMES[metric]}", self.collector), ""]
+                    table("labels, setting", rows, f"{name} {level} {METRIC_NAMES[metric]}", self.collector), ""]
         fraction = min(fractions)
-        series = _series([line for line in both if line["fraction"] == fraction], _steps,
+        series = _series([line for line in both if line["fraction"] == fraction], lambda line: row_of(line)[1],
                          lambda line: metric_of(line, "fine", "linear_top1"))
-        out += [self.plot("long-budget.png", series=series, xlabel="optimiser steps (log)",
-                          ylabel="fine linear-probe top-1 (%)", logx=True,
-                          title=f"Fashion-MNIST {_pct(fraction)} labels: accuracy vs training length"), ""]
+        out += [self.plot(f"{name}.png", series=series, xlabel=xlabel, ylabel="fine linear-probe top-1 (%)",
+                          logx=True, title=f"Fashion-MNIST {_pct(fraction)} labels: {plot_title}"), ""]
         return out
 
     # -- bookkeeping
@@ -565,7 +582,7 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
     results = load_results(results_dir)
     b = _Builder(results, results_dir, out)
     body = [*b.sweep(), *b.limited(), *b.noise(), *b.transfer(), *b.multilabel(), *b.convergence(),
-            *b.ablations(), *b.long_budget(), *b.failures(), *b.timing()]
+            *b.ablations(), *b.scaling(), *b.failures(), *b.timing()]
     summary = ["## Summary: where MLCL wins and loses", ""]
     for variant, comparisons in sorted(b.collector.tally.items()):
         wins = [c for c in comparisons if c.diff > 0]
