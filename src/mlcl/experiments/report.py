@@ -1,167 +1,28 @@
-"""``docs/results.md`` from ``docs/results/*.jsonl``: mean ± std tables, MLCL − best baseline, plots.
+"""``docs/results.md`` from ``docs/results/*.jsonl``: one section per experiment, the summary of where
+MLCL wins and loses, and the plots.
 
-Every number is a percentage (x100) of a test-split metric, shown as ``mean ± std (n=seeds)`` with
-the sample standard deviation over seeds. "MLCL − best baseline" is the difference of means between
-an MLCL variant and the best baseline *of that row* (highest mean; the ``raw-input`` reference is
-not a baseline). A ``*`` marks a difference larger than twice its standard error
-(``2·sqrt(s1²/n1 + s2²/n2)``, both n >= 2); without it the difference is within seed noise. Every row
-where an MLCL variant is below the best baseline is listed, in words, under "Where MLCL loses".
+Numbers and comparisons follow :mod:`mlcl.experiments.tables`; every row where an MLCL variant is below
+the best baseline is listed, in words, under "Where MLCL loses".
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
-import math
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlcl.experiments import grids
+from mlcl.experiments.plots import plot_lines, series_of
 from mlcl.experiments.runner import read_lines
-
-BASELINE_ORDER = ("raw-input", "ce", "simclr", "triplet", "supcon", "himulcon", "mulsupcon")
-REFERENCES = ("raw-input",)  # shown, but not a baseline MLCL is compared with
-LEVEL_METRICS = (("fine", "linear_top1"), ("coarse", "linear_top1"), ("fine", "knn_top1"), ("coarse", "knn_top1"))
-METRIC_NAMES = {"linear_top1": "linear-probe top-1", "knn_top1": "kNN top-1", "mAP": "mAP",
-                "micro_f1": "micro-F1", "macro_f1": "macro-F1", "subset_accuracy": "subset accuracy",
-                "classifier_top1": "end-to-end classifier top-1"}
-
-
-def is_mlcl(method: str) -> bool:
-    return method.startswith("mlcl")
-
-
-# ---------------------------------------------------------------------------- statistics
-
-
-@dataclass(frozen=True)
-class Stat:
-    mean: float
-    std: float  # sample standard deviation (ddof=1); 0 for a single value
-    n: int
-
-
-def stat(values: Iterable[float]) -> Stat | None:
-    """Mean, sample std and count of the finite values; None when there are none."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not xs:
-        return None
-    mean = sum(xs) / len(xs)
-    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
-    return Stat(mean, std, len(xs))
-
-
-def fmt_stat(s: Stat | None, scale: float = 100.0) -> str:
-    """``81.23 ± 0.45 (n=3)`` (a single seed: ``81.23 (n=1)``; nothing: an em dash)."""
-    if s is None:
-        return "—"
-    if s.n == 1:
-        return f"{s.mean * scale:.2f} (n=1)"
-    return f"{s.mean * scale:.2f} ± {s.std * scale:.2f} (n={s.n})"
-
-
-@dataclass(frozen=True)
-class Comparison:
-    variant: str
-    baseline: str
-    diff: float  # variant mean − best baseline mean (higher is better)
-    significant: bool
-    variant_stat: Stat
-    baseline_stat: Stat
-
-
-def compare(stats: dict[str, Stat | None]) -> list[Comparison]:
-    """Each MLCL variant of a row against the best baseline of that row."""
-    baselines = {m: s for m, s in stats.items() if s is not None and not is_mlcl(m) and m not in REFERENCES}
-    if not baselines:
-        return []
-    best = max(baselines, key=lambda m: baselines[m].mean)
-    b = baselines[best]
-    out = []
-    for method, s in stats.items():
-        if s is None or not is_mlcl(method):
-            continue
-        diff = s.mean - b.mean
-        significant = False
-        if s.n >= 2 and b.n >= 2:
-            se = math.sqrt(s.std**2 / s.n + b.std**2 / b.n)
-            significant = abs(diff) > 2 * se
-        out.append(Comparison(method, best, diff, significant, s, b))
-    return out
-
-
-def fmt_diff(c: Comparison, scale: float = 100.0) -> str:
-    return f"{c.diff * scale:+.2f}{'*' if c.significant else ''} (vs {c.baseline})"
-
-
-# ---------------------------------------------------------------------------- tables
-
-
-def order_methods(methods: Iterable[str]) -> list[str]:
-    methods = list(dict.fromkeys(methods))
-    base = [m for m in BASELINE_ORDER if m in methods]
-    others = sorted(m for m in methods if m not in base and not is_mlcl(m))
-    mlcl = sorted((m for m in methods if is_mlcl(m)), key=lambda m: (m != "mlcl", m))
-    return base + others + mlcl
-
-
-@dataclass
-class Collector:
-    """Collects every comparison of the report for the "where MLCL loses" summary."""
-
-    losses: list[str] = field(default_factory=list)
-    tally: dict[str, list[Comparison]] = field(default_factory=lambda: defaultdict(list))
-
-
-def table(row_label: str, rows: list[tuple[str, dict[str, list[float]]]], context: str,
-          collector: Collector | None) -> str:
-    """A markdown table: one row per setting, one column per method, then MLCL − best baseline."""
-    methods = order_methods(m for _, cells in rows for m in cells)
-    variants = [m for m in methods if is_mlcl(m)]
-    has_baseline = any(not is_mlcl(m) and m not in REFERENCES for m in methods)
-    diff_columns = variants if has_baseline else []
-    header = [row_label, *methods, *(f"{v} − best baseline" for v in diff_columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, cells in rows:
-        stats = {m: stat(cells.get(m, [])) for m in methods}
-        comparisons = {c.variant: c for c in compare(stats)}
-        row = [label, *(fmt_stat(stats[m]) for m in methods)]
-        row += [fmt_diff(comparisons[v]) if v in comparisons else "—" for v in diff_columns]
-        lines.append("| " + " | ".join(row) + " |")
-        if collector is not None:
-            for c in comparisons.values():
-                collector.tally[c.variant].append(c)
-                if c.diff < 0:
-                    collector.losses.append(
-                        f"{context}, {row_label} {label}: {c.variant} {c.variant_stat.mean * 100:.2f} vs "
-                        f"{c.baseline} {c.baseline_stat.mean * 100:.2f} ({c.diff * 100:+.2f} points, "
-                        f"{'beyond' if c.significant else 'within'} seed noise)"
-                    )
-    return "\n".join(lines)
-
-
-def metric_of(line: dict[str, Any], level: str, metric: str) -> float | None:
-    value = line.get("metrics", {}).get(level, {}).get(metric)
-    return None if value is None else float(value)
-
-
-def grouped(lines: Iterable[dict[str, Any]], row_of: Callable[[dict], Any], value_of: Callable[[dict], float | None]
-            ) -> dict[Any, dict[str, list[float]]]:
-    out: dict[Any, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for line in lines:
-        value = value_of(line)
-        if value is not None:
-            out[row_of(line)][line["method"]].append(value)
-    return out
-
-
-def ok(lines: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [line for line in lines if not line.get("error") and line.get("metrics")]
-
+from mlcl.experiments.tables import (
+    LEVEL_METRICS, METRIC_NAMES, Collector, Stat, compare, fmt_stat, grouped, is_mlcl, metric_of, ok, order_methods,
+    stat, table,
+)
 
 def _pct(x: float) -> str:
     return f"{x * 100:g} %"
@@ -180,56 +41,6 @@ def _command(name: str, patterns: str | None = None) -> str:
 
 def _rel(path: Path, md: Path) -> str:
     return os.path.relpath(path, md.parent).replace(os.sep, "/")
-
-
-# ---------------------------------------------------------------------------- plots
-
-
-def _plot_lines(series: dict[str, list[tuple[float, Stat]]], path: Path, xlabel: str, ylabel: str, title: str,
-                logx: bool = False, extra: dict[str, list[tuple[float, Stat]]] | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    extra = extra or {}
-    names = order_methods([*series, *(name.split(" ")[0] for name in extra)])
-    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method in order_methods(series):
-        points = sorted(series[method])
-        xs = [x for x, _ in points]
-        ax.errorbar(xs, [s.mean * 100 for _, s in points], yerr=[s.std * 100 for _, s in points], marker="o",
-                    capsize=3, label=method, color=colors[method], linewidth=2.2 if method == "mlcl" else 1.3)
-    for method, points in extra.items():
-        points = sorted(points)
-        ax.errorbar([x for x, _ in points], [s.mean * 100 for _, s in points], yerr=[s.std * 100 for _, s in points],
-                    marker="s", fillstyle="none", linestyle="none", capsize=3, label=method,
-                    color=colors[method.split(" ")[0]])
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _series(lines: list[dict[str, Any]], x_of: Callable[[dict], float], value_of: Callable[[dict], float | None]
-            ) -> dict[str, list[tuple[float, Stat]]]:
-    groups = grouped(lines, x_of, value_of)
-    series: dict[str, list[tuple[float, Stat]]] = defaultdict(list)
-    for x, cells in groups.items():
-        for method, values in cells.items():
-            s = stat(values)
-            if s is not None:
-                series[method].append((x, s))
-    return series
 
 
 # ---------------------------------------------------------------------------- sections
@@ -251,7 +62,7 @@ class _Builder:
         self.plots: list[Path] = []
 
     def plot(self, name: str, **kwargs: Any) -> str:
-        path = _plot_lines(path=self.results_dir / name, **kwargs)
+        path = plot_lines(path=self.results_dir / name, **kwargs)
         self.plots.append(path)
         return f"![{name}]({_rel(path, self.md)})"
 
@@ -301,7 +112,7 @@ class _Builder:
                 out += [f"**{level} {METRIC_NAMES[metric]}** (%)", "",
                         table("fraction", rows, f"limited-data {dataset} {level} {METRIC_NAMES[metric]}",
                               self.collector), ""]
-            series = _series(subset, lambda line: line["fraction"], lambda line: metric_of(line, "fine", "linear_top1"))
+            series = series_of(subset, lambda line: line["fraction"], lambda line: metric_of(line, "fine", "linear_top1"))
             out += [self.plot(f"limited-data-{dataset}.png", series=series, xlabel="label fraction (log)",
                               ylabel="fine linear-probe top-1 (%)", title=f"{dataset}: accuracy vs label fraction",
                               logx=True), ""]
@@ -338,8 +149,8 @@ class _Builder:
         sym = [line for line in all_lines if line.get("noise_mode", "symmetric") == "symmetric" or line["noise"] == 0]
         hier = [line for line in all_lines if line.get("noise_mode") == "hierarchical" and line["noise"] > 0]
         fine = lambda line: metric_of(line, "fine", "linear_top1")  # noqa: E731
-        extra = {f"{m} (hierarchical)": pts for m, pts in _series(hier, lambda line: line["noise"], fine).items()}
-        out += [self.plot("label-noise.png", series=_series(sym, lambda line: line["noise"], fine),
+        extra = {f"{m} (hierarchical)": pts for m, pts in series_of(hier, lambda line: line["noise"], fine).items()}
+        out += [self.plot("label-noise.png", series=series_of(sym, lambda line: line["noise"], fine),
                           xlabel="fine-label noise rate (symmetric; squares: hierarchical)",
                           ylabel="fine linear-probe top-1 (%)", title="Fashion-MNIST: accuracy vs label noise",
                           extra=extra), ""]
@@ -419,7 +230,7 @@ class _Builder:
         rows = [(f"{e} ({steps.get(e)} steps)", groups[e]) for e in sorted(groups)]
         out += ["**fine linear-probe top-1 after each epoch** (%)", "",
                 table("epoch", rows, "convergence fine linear-probe top-1", None), ""]
-        series = _series(points, lambda p: p["epoch"], lambda p: metric_of(p, "fine", "linear_top1"))
+        series = series_of(points, lambda p: p["epoch"], lambda p: metric_of(p, "fine", "linear_top1"))
         out += [self.plot("convergence.png", series=series, xlabel="epoch", ylabel="fine linear-probe top-1 (%)",
                           title=f"Fashion-MNIST {_pct(fraction)} labels: probe accuracy per epoch"), ""]
         out += self._convergence_summary(series)
@@ -508,9 +319,9 @@ class _Builder:
             groups = grouped(both, row_of, lambda line, lv=level, m=metric: metric_of(line, lv, m))
             rows = [(label(key), groups[key]) for key in sorted(groups)]
             out += [f"**{level} {METRIC_NAMES[metric]}** (%)", "",
-                    table("labels, setting", rows, f"{name} {level} {METRIC_NAMES[metric]}", self.collector), ""]
+                    table("setting", rows, f"{name} {level} {METRIC_NAMES[metric]}", self.collector), ""]
         fraction = min(fractions)
-        series = _series([line for line in both if line["fraction"] == fraction], lambda line: row_of(line)[1],
+        series = series_of([line for line in both if line["fraction"] == fraction], lambda line: row_of(line)[1],
                          lambda line: metric_of(line, "fine", "linear_top1"))
         out += [self.plot(f"{name}.png", series=series, xlabel=xlabel, ylabel="fine linear-probe top-1 (%)",
                           logx=True, title=f"Fashion-MNIST {_pct(fraction)} labels: {plot_title}"), ""]
