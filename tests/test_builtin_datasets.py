@@ -161,6 +161,15 @@ def test_unknown_option_names_the_valid_ones():
         load_dataset("digits", sed=1)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"test_fraction": "abc"}, r"option 'test_fraction' of dataset 'digits' must be of type float, got 'abc'"),
+    ({"seed": 1.5}, r"option 'seed' of dataset 'digits' must be of type int, got 1.5"),
+])
+def test_option_values_of_the_wrong_type_name_the_option(options, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset("digits", **options)
+
+
 def test_bad_fraction_is_a_data_error():
     with pytest.raises(DataError, match="test_fraction"):
         load_dataset("digits", test_fraction=0.7, val_fraction=0.5)

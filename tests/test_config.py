@@ -60,11 +60,30 @@ def test_ints_are_accepted_where_floats_are_expected_and_single_values_become_li
         ({"data": {"name": "table"}}, r"data.path is required"),
         ({"data": {"noise": {"rate": 1.5}}}, r"data.noise.rate must be in"),
         ({"train": []}, r"train must be a mapping"),
+        ({"data": {"fraction": float("nan")}}, r"data.fraction must be of type float \(a finite number\), got nan"),
+        ({"data": {"noise": {"rate": "nan"}}}, r"data.noise.rate must be of type float \(a finite number\)"),
+        ({"data": {"k_shot": 5, "fraction": 0.5}}, r"k_shot and data.fraction both limit the training labels"),
+        ({"train": {"weight_decay": -1}}, r"train.weight_decay must be >= 0"),
+        ({"train": {"momentum": -5}}, r"train.momentum must be in \[0.0, 1.0\)"),
+        ({"train": {"threads": 0}}, r"train.threads must be >= 1 or null"),
+        ({"train": {"warmup_epochs": -3}}, r"train.warmup_epochs must be >= 0"),
+        ({"train": {"augment": {"feature_dropout": 1.5}}}, r"train.augment.feature_dropout must be in \[0.0, 1.0\)"),
+        ({"train": {"augment": {"feature_noise": -1}}}, r"train.augment.feature_noise must be >= 0"),
+        ({"eval": {"map_points": 0}}, r"eval.map_points must be >= 1"),
+        ({"eval": {"probe_epochs": 0}}, r"eval.probe_epochs must be >= 1"),
+        ({"model": {"encoder": "mlpp"}}, r"model.encoder must be one of .*got 'mlpp' \(did you mean 'mlp'\?\)"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(raw, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(raw)
+
+
+def test_encoder_names_match_the_encoder_registry():
+    from mlcl.models.encoders import ENCODERS
+    from mlcl.train.config import ENCODER_NAMES
+
+    assert ENCODER_NAMES == tuple(ENCODERS)
 
 
 def test_config_file_errors_name_the_file(tmp_path):

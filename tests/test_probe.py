@@ -191,3 +191,36 @@ def test_evaluate_levels_multilabel_threshold_comes_from_validation():
     assert val_threshold < test_threshold
     assert got == {"tags": pytest.approx(multilabel_metrics(probe.scores, test_y, val_threshold))}
     assert got["tags"]["micro_f1"] < multilabel_metrics(probe.scores, test_y, test_threshold)["micro_f1"]
+
+
+def test_the_validation_monitor_draws_its_bank_from_every_class():
+    # A training split stored class by class (as WordNet's is): a bank of its first rows would hold
+    # class 0 only and score 1/3 on a perfectly separable problem.
+    from mlcl.data.types import Dataset, LabeledSplit
+    from mlcl.train.evaluation import monitor_score
+
+    centres = torch.eye(3) * 10
+    labels = torch.arange(3).repeat_interleave(200)
+    train = LabeledSplit(centres[labels] + torch.randn(600, 3, generator=torch.Generator().manual_seed(0)),
+                         {"fine": labels})
+    val = LabeledSplit(centres[torch.arange(3)], {"fine": torch.arange(3)})
+    dataset = Dataset("sorted", "features", [LabelLevel("fine", ["a", "b", "c"])], train, val, val)
+
+    class Identity(torch.nn.Module):
+        def encode(self, x):
+            return x
+
+    assert monitor_score(Identity(), dataset, torch.device("cpu"), train_samples=100, knn_k=5) == 1.0
+
+
+def test_probe_epochs_bounds_the_linear_probe_iterations():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 16, generator=gen)
+    y = (x[:, :4] @ torch.randn(4, 5, generator=gen)).argmax(1)  # linearly separable, 5 classes
+    level = [LabelLevel("fine", list("abcde"))]
+
+    def probed(epochs):
+        return evaluate_levels(x[:200], {"fine": y[:200]}, x[200:], {"fine": y[200:]}, level,
+                               probe_epochs=epochs)["fine"]["linear_top1"]
+
+    assert probed(1) < probed(100) - 0.05

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlcl.data.protocols import add_label_noise, k_shot, label_fraction, round_half_up
+from mlcl.data.protocols import add_label_noise, k_shot, label_fraction, share
 from mlcl.data.types import LabeledSplit, LabelLevel
 from mlcl.errors import DataError
 from mlcl.hierarchy import Hierarchy
@@ -31,15 +31,17 @@ def counts(labels: torch.Tensor, n: int = 10) -> list[int]:
     return torch.bincount(labels[labels >= 0], minlength=n).tolist()
 
 
-def test_round_half_up() -> None:
-    assert [round_half_up(x) for x in (0.49, 0.5, 1.5, 2.5)] == [0, 1, 2, 3]
+def test_share_rounds_half_up_on_the_written_decimal() -> None:
+    assert [share(x, 1) for x in (0.49, 0.5)] == [0, 1]
+    assert [share(0.5, n) for n in (3, 5)] == [2, 3]  # 1.5 -> 2, 2.5 -> 3
+    assert 0.7 * 45 < 31.5 and share(0.7, 45) == 32  # not fooled by the float product
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 1.0])
 def test_label_fraction_exact_stratified_counts(fraction) -> None:
     split = make_split()
     sub = label_fraction(split, "fine", fraction, seed=0)
-    assert counts(sub.targets["fine"]) == [max(1, round_half_up(fraction * n)) for n in SIZES]
+    assert counts(sub.targets["fine"]) == [max(1, share(fraction, n)) for n in SIZES]
 
 
 def test_label_fraction_keeps_rows_intact_and_in_order() -> None:
@@ -55,7 +57,7 @@ def test_label_fraction_at_least_one_per_class_unless_allow_empty() -> None:
     split = make_split()
     assert min(counts(label_fraction(split, "fine", 0.01, seed=0).targets["fine"])) == 1
     sparse = label_fraction(split, "fine", 0.03, seed=0, allow_empty=True)
-    assert counts(sparse.targets["fine"]) == [round_half_up(0.03 * n) for n in SIZES]
+    assert counts(sparse.targets["fine"]) == [share(0.03, n) for n in SIZES]
     assert 0 in counts(sparse.targets["fine"])
     with pytest.raises(DataError, match="no sample kept"):
         label_fraction(split, "fine", 0.01, seed=0, allow_empty=True)
@@ -65,7 +67,7 @@ def test_label_fraction_by_coarse_level() -> None:
     split = make_split()
     sub = label_fraction(split, "coarse", 0.5, seed=0)
     coarse_sizes = torch.bincount(split.targets["coarse"]).tolist()
-    assert torch.bincount(sub.targets["coarse"]).tolist() == [round_half_up(0.5 * n) for n in coarse_sizes]
+    assert torch.bincount(sub.targets["coarse"]).tolist() == [share(0.5, n) for n in coarse_sizes]
 
 
 def test_label_fraction_determinism() -> None:
@@ -124,7 +126,7 @@ def test_symmetric_noise_exact_rate_and_consistency(rate) -> None:
     split, h = make_split(), hierarchy()
     noisy, flipped = add_label_noise(split, h, rate, mode="symmetric", seed=0)
     assert flipped.dtype == torch.bool and flipped.shape == (len(split),)
-    assert int(flipped.sum()) == round_half_up(rate * len(split))
+    assert int(flipped.sum()) == share(rate, len(split))
     changed = noisy.targets["fine"] != split.targets["fine"]
     assert torch.equal(changed, flipped)
     assert_consistent(noisy, h)
@@ -143,7 +145,7 @@ def test_symmetric_noise_is_uniform_over_other_classes() -> None:
 def test_hierarchical_noise_stays_under_the_parent() -> None:
     split, h = make_split(), hierarchy()
     noisy, flipped = add_label_noise(split, h, 0.3, mode="hierarchical", seed=5)
-    assert int(flipped.sum()) == round_half_up(0.3 * len(split))
+    assert int(flipped.sum()) == share(0.3, len(split))
     assert torch.equal(noisy.targets["coarse"], split.targets["coarse"])
     assert torch.all(noisy.targets["fine"][flipped] != split.targets["fine"][flipped])
     assert_consistent(noisy, h)

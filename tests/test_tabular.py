@@ -165,6 +165,13 @@ def test_ragged_row(tmp_path) -> None:
         load_table(path, input="text", levels=["coarse", "fine"])
 
 
+def test_an_unclosed_quote_is_an_error_not_a_swallowed_rest_of_file(tmp_path) -> None:
+    rows = "".join(f"row{i},{'ab'[i % 2]}\n" for i in range(20))
+    path = write(tmp_path / "d.csv", "text,fine\n" + rows.replace("row4,a", 'row4,"a'))
+    with pytest.raises(DataError, match="d.csv, line .*: malformed CSV"):
+        load_table(path, input="text", levels=["fine"])
+
+
 def test_non_utf8_line(tmp_path) -> None:
     path = tmp_path / "d.csv"
     path.write_bytes(b"text,fine\nhi,a\ncaf\xe9,b\n")

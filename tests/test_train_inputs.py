@@ -139,3 +139,18 @@ def test_frozen_text_encoder_option_errors(tmp_path, embedding_cache, tiny_model
     overrides = [*TINY, *TEXT_TABLE, f"model.encoder_options={options}"]
     assert main(args + sum((["--set", o] for o in overrides), [])) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, message", [
+    ("{input: text, level: [fine]}", "unknown option 'level' for data.name=table (data.options) (did you mean 'levels'"),
+    ("{input:text, levels: [fine]}", "unknown option 'input:text'"),
+    ("{input: text, levels: [fine], test_fraction: abc}", "data.options.test_fraction must be a number in [0, 1), got 'abc'"),
+    ("{input: text, levels: [fine], groups: [a, b]}", "option 'groups' of data.name=table (data.options) must be of type "
+                                                      "Mapping[str, str] | None"),
+    ("{input: 5, levels: [fine]}", "option 'input' of data.name=table (data.options) must be of type str | Sequence[str]"),
+])
+def test_table_option_mistakes_are_one_line_errors(tmp_path, capsys, options, message):
+    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--quiet"]
+    overrides = [*TINY, "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}", f"data.options={options}"]
+    assert main(args + sum((["--set", o] for o in overrides), [])) == 2
+    assert message in capsys.readouterr().err

@@ -1,10 +1,17 @@
-"""Helpers for reading what a user typed or wrote: close-match suggestions and UTF-8 files."""
+"""Helpers for reading what a user typed or wrote: close-match suggestions, type checks of option
+values, and UTF-8 files."""
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import inspect
+import math
+import types
+import typing
+from collections import abc
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from mlcl.errors import DataError
 
@@ -24,6 +31,89 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     if not matches:
         return ""
     return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"
+
+
+def fits_type(hint: Any, value: Any) -> tuple[bool, Any]:
+    """Whether ``value`` (from YAML or a ``--set``) fits the type ``hint``, and the value to use.
+
+    Ints are accepted (and converted) where floats are; floats must be finite (NaN would pass every
+    range check); a single value where a ``list`` is expected becomes a one-item list (one per head);
+    a string is accepted for a ``Path``.
+    """
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            ok, converted = fits_type(option, value)
+            if ok:
+                return True, converted
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is Any:
+        return True, value
+    if origin is typing.Literal:
+        return value in typing.get_args(hint), value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                return False, value
+            return math.isfinite(number), number
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint in (str, bool):
+        return isinstance(value, hint), value
+    if hint is Path:
+        return isinstance(value, (str, Path)), value
+    if origin in (list, abc.Sequence):
+        (item,) = typing.get_args(hint)
+        if origin is list and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        converted = []
+        for element in value:
+            ok, element = fits_type(item, element)
+            if not ok:
+                return False, value
+            converted.append(element)
+        return True, converted
+    if origin in (dict, abc.Mapping):
+        if not isinstance(value, dict):
+            return False, value
+        key_type, value_type = typing.get_args(hint) or (Any, Any)
+        ok = all(fits_type(key_type, k)[0] and fits_type(value_type, v)[0] for k, v in value.items())
+        return ok, value
+    if isinstance(hint, type):
+        return isinstance(value, hint), value
+    return False, value
+
+
+def type_name(hint: Any) -> str:
+    """A type hint as a user reads it: ``int | None``, ``list[float]``."""
+    text = str(hint).replace("typing.", "").replace("collections.abc.", "").replace("pathlib.", "")
+    return text.replace("<class '", "").replace("'>", "")
+
+
+def check_options(func: Callable[..., Any], options: Mapping[str, Any], what: str,
+                  error: type[Exception] = DataError, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """``options`` checked against ``func``'s keyword parameters before calling it: an unknown name
+    (with a suggestion) or a value of the wrong type raises ``error`` naming the option. Returns the
+    options with ints converted where floats are expected. ``skip`` names parameters the caller sets."""
+    hints = typing.get_type_hints(func)
+    names = [name for name in inspect.signature(func).parameters if name not in skip]
+    checked = {}
+    for name, value in options.items():
+        if name not in names:
+            raise error(f"unknown option {name!r} for {what}{did_you_mean(name, names)}; valid options: {', '.join(names)}")
+        ok, value = fits_type(hints.get(name, Any), value)
+        if not ok:
+            raise error(f"option {name!r} of {what} must be of type {type_name(hints[name])}, got {value!r}")
+        checked[name] = value
+    return checked
 
 
 def read_utf8(path: str | Path, what: str = "file") -> str:

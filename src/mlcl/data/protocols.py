@@ -2,13 +2,14 @@
 
 Each is a pure function of a split and an explicit seed (a private ``torch.Generator``), so the same
 seed always selects the same rows and the global RNG is left alone. Apply them to the training split
-only; evaluation uses the full test set. Counts round half up (``round_half_up(2.5) == 3``).
+only; evaluation uses the full test set. Counts round half up (:func:`share`: 2.5 -> 3).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from fractions import Fraction
 from collections.abc import Callable, Sequence
 
 import torch
@@ -19,9 +20,10 @@ from mlcl.hierarchy import Hierarchy
 from mlcl.user_input import did_you_mean
 
 
-def round_half_up(x: float) -> int:
-    """Round to the nearest integer, halves up (Python's ``round`` would send 2.5 to 2)."""
-    return math.floor(x + 0.5)
+def share(fraction: float, n: int) -> int:
+    """``fraction * n`` rounded half up (Python's ``round`` would send 2.5 to 2), computed on the decimal
+    the user wrote: in floats 0.7 * 45 is 31.499999999999996, which would round down instead of to 32."""
+    return math.floor(Fraction(repr(float(fraction))) * n + Fraction(1, 2))
 
 
 def _single_label(split: LabeledSplit, level: str) -> torch.Tensor:
@@ -65,7 +67,7 @@ def _stratified(
 def label_fraction(
     split: LabeledSplit, level: str, fraction: float, seed: int, *, allow_empty: bool = False
 ) -> LabeledSplit:
-    """A stratified subset: ``round_half_up(fraction * n_c)`` rows of every class ``c`` of ``level``.
+    """A stratified subset: ``share(fraction, n_c)`` rows (``fraction * n_c`` rounded half up) of every class ``c`` of ``level``.
 
     Every class keeps at least one row (so tiny classes are over-represented at small fractions)
     unless ``allow_empty=True``, where a class whose share rounds to 0 disappears. DataError unless
@@ -74,7 +76,7 @@ def label_fraction(
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise DataError(f"fraction must be in (0, 1], got {fraction!r}")
     floor = 0 if allow_empty else 1
-    return _stratified(split, level, lambda _, n: max(floor, round_half_up(fraction * n)), seed)
+    return _stratified(split, level, lambda _, n: max(floor, share(fraction, n)), seed)
 
 
 def k_shot(split: LabeledSplit, level: str, k: int, seed: int) -> LabeledSplit:
@@ -133,7 +135,7 @@ def add_label_noise(
     seed: int = 0,
     level: str = "fine",
 ) -> tuple[LabeledSplit, torch.Tensor]:
-    """Flip exactly ``round_half_up(rate * N)`` labels at ``level`` (N = labelled rows); returns the
+    """Flip exactly ``share(rate, N)`` labels at ``level`` (N = labelled rows); returns the
     noisy split and the (N_rows,) bool mask of flipped rows.
 
     ``symmetric``: the new label is uniform over the other classes. ``hierarchical``: uniform over
@@ -155,7 +157,7 @@ def add_label_noise(
         choices = torch.full((num_classes,), num_classes - 1, dtype=torch.long)
     labelled = labels >= 0
     flippable = torch.nonzero(labelled & (choices[labels.clamp(min=0)] > 0)).flatten()
-    wanted = round_half_up(rate * int(labelled.sum()))
+    wanted = share(rate, int(labelled.sum()))
     if wanted > len(flippable):
         warnings.warn(
             f"label noise: {wanted} flips asked but only {len(flippable)} rows can flip; realised rate "

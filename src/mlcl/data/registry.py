@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from mlcl.data import bbc, digits, fashion_mnist, grid, wordnet
 from mlcl.data.types import Dataset, Modality
 from mlcl.errors import DataError
-from mlcl.user_input import did_you_mean
+from mlcl.user_input import check_options, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,4 @@ def get_info(name: str) -> DatasetInfo:
 def load_dataset(name: str, **options: object) -> Dataset:
     """Load a built-in dataset by name with loader options (DataError naming the valid ones)."""
     info = get_info(name)
-    for option in options:
-        if option not in info.options:
-            hint = did_you_mean(option, info.options)
-            raise DataError(f"unknown option {option!r} for dataset {name!r}{hint}; "
-                            f"valid options: {', '.join(info.options)}")
-    return info.loader(**options)
+    return info.loader(**check_options(info.loader, options, f"dataset {name!r}"))

@@ -79,7 +79,8 @@ class _Table:
 
 def _read_csv(path: Path) -> _Table:
     """Parse a CSV file with a header row; blank lines are skipped, ragged rows are errors."""
-    reader = csv.reader(io.StringIO(read_utf8(path, "data file"), newline=""))
+    # strict: an unclosed quote is an error, not a cell that swallows the rest of the file
+    reader = csv.reader(io.StringIO(read_utf8(path, "data file"), newline=""), strict=True)
     records: list[tuple[int, list[str]]] = []
     while True:
         start = reader.line_num + 1

@@ -197,8 +197,11 @@ def evaluate_levels(
     val_feats: Tensor | None = None,
     val_targets: dict[str, Tensor] | None = None,
     knn_k: int = 20,
+    probe_epochs: int = 100,
 ) -> dict[str, dict[str, float]]:
     """Evaluate frozen features per level; the result is the ``metrics.json`` content.
+
+    The linear probes run at most ``probe_epochs`` L-BFGS iterations (:func:`linear_probe`).
 
     Single-label level: ``{"linear_top1", "knn_top1"}`` on test. Multi-label level: ``{"mAP",
     "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"}`` of the linear probe on test with the
@@ -214,14 +217,15 @@ def evaluate_levels(
         train_y = _target(train_targets, level.name, "train")
         test_y = _target(test_targets, level.name, "test")
         if level.multi_label:
-            probe = linear_probe(train_feats, train_y, test_feats)
+            probe = linear_probe(train_feats, train_y, test_feats, epochs=probe_epochs)
             val_scores = probe.linear(_features(val_feats)).sigmoid()
             threshold = choose_threshold(
                 val_scores=val_scores, val_targets=_target(val_targets, level.name, "validation")
             )
             results[level.name] = multilabel_metrics(probe.scores, test_y, threshold)
         else:
-            probe = linear_probe(train_feats, train_y, test_feats, test_y, num_classes=level.num_classes)
+            probe = linear_probe(train_feats, train_y, test_feats, test_y, num_classes=level.num_classes,
+                                 epochs=probe_epochs)
             knn = knn_predict(train_feats, train_y, test_feats, k=knn_k)
             results[level.name] = {"linear_top1": probe.top1, "knn_top1": top1(knn, test_y)}
             predictions[level.name] = (probe.predictions, knn)

@@ -47,7 +47,8 @@ def evaluate_snapshots(trainer: Any, snapshots: SnapshotList) -> list[dict[str, 
         seconds_by_epoch[epoch] = elapsed
     for epoch, weights in snapshots:
         trainer.model.load_state_dict(weights)
-        metrics = evaluate_model(trainer.model, trainer.dataset, trainer.device, trainer.config.eval.knn_k)
+        metrics = evaluate_model(trainer.model, trainer.dataset, trainer.device, trainer.config.eval.knn_k,
+                                 trainer.config.eval.probe_epochs)
         curve.append({
             "epoch": epoch,
             "steps": epoch * trainer.steps_per_epoch,

@@ -220,7 +220,9 @@ def _validation_metrics(trainer) -> dict[str, Any]:
         raise ConfigError(f"{dataset.name} has no validation split; the sweep needs one (data.options.val_size)")
     on_val = dataclasses.replace(dataset, test=dataset.val)
     _load_best(trainer)
-    return _flatten_metrics(evaluate_model(trainer.model, on_val, trainer.device, trainer.config.eval.knn_k))
+    metrics = evaluate_model(trainer.model, on_val, trainer.device, trainer.config.eval.knn_k,
+                             trainer.config.eval.probe_epochs)
+    return _flatten_metrics(metrics)
 
 
 def run_cell(experiment: str, cell: Cell, options: RunOptions, tuned: TunedTable | None) -> dict[str, Any]:

@@ -7,7 +7,6 @@ and how to fix it; an unknown key gets the closest valid key as a suggestion.
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,11 @@ from typing import Any
 import yaml
 
 from mlcl.errors import ConfigError
-from mlcl.user_input import did_you_mean
+from mlcl.user_input import did_you_mean, fits_type, type_name
 
 METHODS = ("ce", "supcon", "simclr", "himulcon", "mulsupcon", "triplet", "mlcl")
 INSTANCE_HEAD = "instance"
+ENCODER_NAMES = ("small_cnn", "resnet18", "mlp", "minilm", "hf")  # mlcl.models.encoders.ENCODERS
 
 
 @dataclass
@@ -45,6 +45,9 @@ class DataConfig:
         _check_range(f"{key}.fraction", self.fraction, 0.0, 1.0, low_open=True, high_open=False)
         if self.k_shot is not None and self.k_shot < 1:
             raise ConfigError(f"{key}.k_shot must be >= 1 or null, got {self.k_shot}")
+        if self.k_shot is not None and self.fraction != 1.0:
+            raise ConfigError(f"{key}.k_shot and {key}.fraction both limit the training labels; set only one "
+                              f"(got k_shot={self.k_shot}, fraction={self.fraction})")
         if self.name in ("table", "image-folder") and not self.path:
             raise ConfigError(f"{key}.path is required when {key}.name is {self.name!r}: set data.path=FILE")
         self.noise.validate(f"{key}.noise")
@@ -59,6 +62,7 @@ class ModelConfig:
     proj_depth: int = 2
 
     def validate(self, key: str) -> None:
+        _check_choice(f"{key}.encoder", self.encoder, ENCODER_NAMES)
         for name in ("proj_hidden", "proj_dim", "proj_depth"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
@@ -113,6 +117,15 @@ class AugmentConfig:
     feature_dropout: float = 0.1  # feature / cached-text views: dropout on the input vector
     feature_noise: float = 0.05  # ... plus Gaussian noise of this std
 
+    def validate(self, key: str) -> None:
+        if self.crop_padding < 0:
+            raise ConfigError(f"{key}.crop_padding must be >= 0, got {self.crop_padding}")
+        _check_range(f"{key}.erase_prob", self.erase_prob, 0.0, 1.0, low_open=False, high_open=False)
+        _check_range(f"{key}.feature_dropout", self.feature_dropout, 0.0, 1.0, low_open=False, high_open=True)
+        for name in ("noise_std", "feature_noise"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name} must be >= 0 (a standard deviation), got {getattr(self, name)}")
+
 
 @dataclass
 class TrainConfig:
@@ -143,6 +156,14 @@ class TrainConfig:
         _check_choice(f"{key}.precision", self.precision, ("fp32", "bf16"))
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"{key}.grad_clip must be > 0 or null, got {self.grad_clip}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{key}.weight_decay must be >= 0, got {self.weight_decay}")
+        _check_range(f"{key}.momentum", self.momentum, 0.0, 1.0, low_open=False, high_open=True)
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"{key}.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"{key}.threads must be >= 1 or null (torch's default), got {self.threads}")
+        self.augment.validate(f"{key}.augment")
 
 
 @dataclass
@@ -154,8 +175,9 @@ class EvalConfig:
 
     def validate(self, key: str) -> None:
         _check_choice(f"{key}.embedding_map", self.embedding_map, ("pca", "tsne", "none"))
-        if self.knn_k < 1:
-            raise ConfigError(f"{key}.knn_k must be >= 1, got {self.knn_k}")
+        for name in ("knn_k", "probe_epochs", "map_points"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -191,53 +213,6 @@ def _check_range(key: str, value: float, low: float, high: float, *, low_open: b
         raise ConfigError(f"{key} must be in {interval}, got {value}")
 
 
-def _accepts(hint: Any, value: Any) -> tuple[bool, Any]:
-    """Whether ``value`` fits the type ``hint``; ints are accepted (and converted) where floats are."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            ok, converted = _accepts(option, value)
-            if ok:
-                return True, converted
-        return False, value
-    if hint is type(None):
-        return value is None, value
-    if hint is Any:
-        return True, value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if hint in (str, bool):
-        return isinstance(value, hint), value
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            value = [value]  # a single value where a list is expected: one per head
-        if not isinstance(value, list):
-            return False, value
-        converted = []
-        for element in value:
-            ok, element = _accepts(item, element)
-            if not ok:
-                return False, value
-            converted.append(element)
-        return True, converted
-    if origin is dict:
-        return isinstance(value, dict), value
-    return False, value
-
-
-def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None:
         raw = {}
@@ -255,9 +230,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, full)
             continue
-        ok, converted = _accepts(hint, value)
+        ok, converted = fits_type(hint, value)
         if not ok:
-            raise ConfigError(f"{full} must be of type {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+            finite = " (a finite number)" if float in (hint, *typing.get_args(hint)) else ""
+            raise ConfigError(f"{full} must be of type {type_name(hint)}{finite}, got {value!r} ({type(value).__name__})")
         kwargs[key] = converted
     return cls(**kwargs)
 

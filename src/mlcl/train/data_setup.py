@@ -24,18 +24,21 @@ from mlcl.errors import ConfigError, DataError
 from mlcl.hierarchy import Hierarchy
 from mlcl.train.config import Config, DataConfig, ModelConfig
 from mlcl.train.runtime import barrier
-from mlcl.user_input import did_you_mean
+from mlcl.user_input import check_options, did_you_mean, fits_type
 
 USER_SPLIT_OPTIONS = ("test_fraction", "val_fraction")
 
 
 def _user_dataset(config: DataConfig, seed: int) -> Dataset:
     options = dict(config.options)
-    fractions = (float(options.pop("test_fraction", 0.2)), float(options.pop("val_fraction", 0.1)))
-    if config.name == "table":
-        split, levels, hierarchy = load_table(config.path, **options)
-    else:
-        split, levels, hierarchy = load_image_folder(config.path, **options)
+    fractions = [options.pop(key, default) for key, default in (("test_fraction", 0.2), ("val_fraction", 0.1))]
+    for key, value in zip(USER_SPLIT_OPTIONS, fractions):
+        if not fits_type(float, value)[0]:
+            raise DataError(f"data.options.{key} must be a number in [0, 1), got {value!r}")
+    loader = load_table if config.name == "table" else load_image_folder
+    options = check_options(loader, options, f"data.name={config.name} (data.options)", skip=("path", "root"))
+    split, levels, hierarchy = loader(config.path, **options)
+    fractions = [float(value) for value in fractions]
     finest = levels[-1]
     # Stratified by the finest single-label level; multi-label rows are split at random.
     strata = torch.zeros(len(split), dtype=torch.long) if finest.multi_label else split.targets[finest.name]

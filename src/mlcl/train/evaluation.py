@@ -45,11 +45,14 @@ def monitor_score(model: nn.Module, dataset: Dataset, device: torch.device, trai
     """Validation kNN score of the finest level (top-1, or mAP when multi-label); picks the best checkpoint.
 
     Uses the validation split only (never test); ``None`` when the dataset has no validation split.
+    The kNN bank is a fixed random ``train_samples`` of the training split (the same at every check),
+    not its first rows: a split stored class by class would otherwise hold only the first classes.
     """
     if dataset.val is None or len(dataset.val) == 0:
         return None
     level = dataset.levels[-1]
-    reference: LabeledSplit = dataset.train.subset(torch.arange(min(train_samples, len(dataset.train))))
+    order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))
+    reference: LabeledSplit = dataset.train.subset(order[:train_samples].sort().values)
     train_x = extract(model, reference.inputs, device)
     val_x = extract(model, dataset.val.inputs, device)
     scores = knn_predict(train_x, reference.targets[level.name], val_x, k=knn_k)
@@ -58,7 +61,8 @@ def monitor_score(model: nn.Module, dataset: Dataset, device: torch.device, trai
     return top1(scores, dataset.val.targets[level.name])
 
 
-def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn_k: int) -> dict[str, Any]:
+def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn_k: int,
+                   probe_epochs: int = 100) -> dict[str, Any]:
     """``{"test": {LEVEL: {...}, "consistency": {...}}, "classifier": {LEVEL: top1}}`` on frozen features."""
     train_x = extract(model, dataset.train.inputs, device)
     test_x = extract(model, dataset.test.inputs, device)
@@ -68,6 +72,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn
             train_x, dataset.train.targets, test_x, dataset.test.targets, dataset.levels,
             parent_index=parent_indices(dataset), val_feats=val_x,
             val_targets=dataset.val.targets if dataset.val is not None else None, knn_k=knn_k,
+            probe_epochs=probe_epochs,
         )
     }
     classifiers = getattr(model, "classifiers", {})

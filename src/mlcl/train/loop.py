@@ -319,7 +319,8 @@ class Trainer:
         best = self.out_dir / "checkpoints" / "best.pt"
         if best.exists():
             self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
-        metrics = evaluate_model(self.model, self.dataset, self.device, self.config.eval.knn_k)
+        metrics = evaluate_model(self.model, self.dataset, self.device, self.config.eval.knn_k,
+                                 self.config.eval.probe_epochs)
         metrics.update({
             "dataset": self.dataset.name,
             "method": self.config.to_dict()["method"],
