@@ -66,7 +66,8 @@ def test_ints_are_accepted_where_floats_are_expected_and_single_values_become_li
         ({"train": {"weight_decay": -1}}, r"train.weight_decay must be >= 0"),
         ({"train": {"momentum": -5}}, r"train.momentum must be in \[0.0, 1.0\)"),
         ({"train": {"threads": 0}}, r"train.threads must be >= 1 or null"),
-        ({"train": {"warmup_epochs": -3}}, r"train.warmup_epochs must be >= 0"),
+        ({"train": {"warmup_epochs": -3}}, r"train.warmup_epochs must be in \[0, train.epochs=10\]"),
+        ({"train": {"warmup_epochs": 27, "epochs": 9}}, r"train.warmup_epochs must be in \[0, train.epochs=9\]"),
         ({"train": {"augment": {"feature_dropout": 1.5}}}, r"train.augment.feature_dropout must be in \[0.0, 1.0\)"),
         ({"train": {"augment": {"feature_noise": -1}}}, r"train.augment.feature_noise must be >= 0"),
         ({"eval": {"map_points": 0}}, r"eval.map_points must be >= 1"),
@@ -77,6 +78,12 @@ def test_ints_are_accepted_where_floats_are_expected_and_single_values_become_li
 def test_bad_values_name_the_key_and_the_fix(raw, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(raw)
+
+
+def test_set_fills_an_empty_section_of_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\nmethod:\n  name: supcon\n")
+    assert load_config(path, ["train.epochs=3"]).train.epochs == 3
 
 
 def test_encoder_names_match_the_encoder_registry():

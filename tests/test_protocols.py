@@ -59,7 +59,7 @@ def test_label_fraction_at_least_one_per_class_unless_allow_empty() -> None:
     sparse = label_fraction(split, "fine", 0.03, seed=0, allow_empty=True)
     assert counts(sparse.targets["fine"]) == [share(0.03, n) for n in SIZES]
     assert 0 in counts(sparse.targets["fine"])
-    with pytest.raises(DataError, match="no sample kept"):
+    with pytest.raises(DataError, match="no sample kept: every class of level 'fine' rounds to 0 rows; use a larger"):
         label_fraction(split, "fine", 0.01, seed=0, allow_empty=True)
 
 
@@ -191,3 +191,4 @@ def test_noise_errors() -> None:
         add_label_noise(split, [LabelLevel("fine", list("abcdefghij"))], 0.1, mode="hierarchical")
     with pytest.raises(DataError, match="label 9 but only 3 classes"):
         add_label_noise(split, [LabelLevel("fine", list("abc"))], 0.1)
+

@@ -145,6 +145,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert err.startswith("mlcl: error:") and message in err and "\n" not in err and "Traceback" not in err
 
 
+@needs_fashion
+def test_out_must_be_a_fresh_directory(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    assert main(train_args(tmp_path / "a_file", "train.epochs=1")) == 2
+    assert "--out" in capsys.readouterr().err
+    # another run's best.pt (its last.pt deleted) must not be evaluated as this run's
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "best.pt").write_bytes(b"another run")
+    assert main(train_args(old, "train.epochs=1")) == 2
+    assert "already holds a run's checkpoints" in capsys.readouterr().err
+
+
 def test_missing_config_and_missing_data_file_are_reported(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -172,6 +172,14 @@ def test_an_unclosed_quote_is_an_error_not_a_swallowed_rest_of_file(tmp_path) ->
         load_table(path, input="text", levels=["fine"])
 
 
+def test_a_text_column_starting_with_a_number_says_how_to_read_it_as_text(tmp_path) -> None:
+    path = write(tmp_path / "d.csv", "text,fine\n42,a\nhello world,b\n")
+    with pytest.raises(DataError, match="expected a number, got 'hello world'.*set input_kind: text"):
+        load_table(path, input="text", levels=["fine"])
+    split, _, _ = load_table(path, input="text", levels=["fine"], input_kind="text")
+    assert split.inputs == ["42", "hello world"]
+
+
 def test_non_utf8_line(tmp_path) -> None:
     path = tmp_path / "d.csv"
     path.write_bytes(b"text,fine\nhi,a\ncaf\xe9,b\n")
@@ -211,9 +219,9 @@ def test_bad_jsonl_lines(tmp_path) -> None:
 
 def test_duplicate_header_and_unsupported_suffix(tmp_path) -> None:
     with pytest.raises(DataError, match="column 'a' appears twice"):
-        load_table(write(tmp_path / "d.csv", "a,a\n1,2\n"), input="a", levels=["a"])
+        load_table(write(tmp_path / "d.csv", "a,a\n1,2\n"), input="a", levels=["b"])
     with pytest.raises(DataError, match="unsupported file type '.txt'"):
-        load_table(write(tmp_path / "d.txt", "a\n"), input="a", levels=["a"])
+        load_table(write(tmp_path / "d.txt", "a\n"), input="a", levels=["b"])
 
 
 def test_argument_errors(tmp_path) -> None:

@@ -40,6 +40,9 @@ def test_quickstart_slice_writes_every_output(tmp_path, capsys):
     assert metrics["test"]["fine"]["linear_top1"] > 0.4
     assert 0.0 <= metrics["test"]["consistency"]["linear"] <= 1.0
     assert metrics["method"]["name"] == "mlcl" and metrics["epochs"] == 1 and metrics["train_seconds"] > 0
+    lr = float((out / "log.csv").read_text().splitlines()[1].split(",")[
+        (out / "log.csv").read_text().splitlines()[0].split(",").index("lr")])
+    assert 0 < lr < 0.1  # the mean rate the epoch trained with (warm-up, then decay), not the next step's 0
     printed = capsys.readouterr().out
     assert "linear_top1" in printed and "coarse" in printed
     header = (out / "log.csv").read_text().splitlines()[0]
@@ -82,11 +85,33 @@ def test_multilabel_grid_reports_map_and_f1(tmp_path):
         assert 0.0 <= metrics["test"][level]["mAP"] <= 1.0
 
 
-def test_triplet_refuses_multi_label_classes(tmp_path, capsys):
-    code, _ = run(tmp_path, "data.name=fashion-mnist-grid", "data.options={n_train: 200, n_val: 50, n_test: 50}",
-                  "train.batch_size=50", "method.name=triplet")
+@pytest.mark.parametrize("overrides, message", [
+    (["method.name=triplet"], "method.name=triplet needs one class per sample at the finest level"),
+    (["method.name=himulcon"], "method.name=himulcon needs one class per sample at every level"),
+    (["data.options={n_train: 200, n_val: 0, n_test: 50}"], "its F1 thresholds are chosen on a validation split"),
+])
+def test_multi_label_data_refuses_what_cannot_work_before_training(tmp_path, capsys, overrides, message):
+    code, out = run(tmp_path, "data.name=fashion-mnist-grid", "data.options={n_train: 200, n_val: 50, n_test: 50}",
+                    "train.batch_size=50", *overrides)
     assert code == 2
-    assert "method.name=triplet needs one class per sample at the finest level" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+    assert not (out / "checkpoints").exists()  # refused before any training
+
+
+DIGITS = ["data.name=digits", "data.options={test_fraction: 0.2}", "method.heads=[]", "method.temperatures=[0.1]",
+          "method.weights=[]", "train.epochs=1", "train.batch_size=64"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ([*DIGITS, "model.encoder_options={in_channels: 3}"], "model.encoder_options.in_channels is set from the data "
+                                                          "(1 here)"),
+    ([*DIGITS, "model.encoder=mlp"], "model.encoder=mlp cannot read images"),
+    ([*DIGITS, "model.encoder=minilm"], "model.encoder=minilm reads text, but digits gives image"),
+])
+def test_encoder_mistakes_are_one_line_errors(tmp_path, capsys, overrides, message):
+    code, _ = run(tmp_path, *overrides)
+    assert code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_same_seed_reproduces_and_another_seed_differs(tmp_path):
@@ -113,3 +138,16 @@ def test_embed_exports_each_head_and_the_encoder(tmp_path):
         assert vectors.shape == (600, dims)
     assert main(["embed", str(out), "--head", "fien", "--out", str(tmp_path / "x.npy")]) == 2
     assert main(["eval", str(out), "--quiet"]) == 0
+
+
+def test_learnable_temperatures_get_no_weight_decay(tmp_path):
+    from mlcl.train.config import load_config
+    from mlcl.train.loop import Trainer
+
+    config = load_config("configs/quickstart.yaml", [*SMALL_FASHION, "method.learnable_temperatures=true",
+                                                     "train.weight_decay=0.01"])
+    trainer = Trainer(config, tmp_path, progress=False)
+    model_group, objective_group = trainer.optimizer.param_groups
+    temperatures = list(trainer.objective.parameters())
+    assert temperatures and [id(p) for p in objective_group["params"]] == [id(p) for p in temperatures]
+    assert objective_group["weight_decay"] == 0.0 and model_group["weight_decay"] == 0.01

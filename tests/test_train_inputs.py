@@ -104,6 +104,11 @@ def test_embed_a_new_table_file_with_a_trained_text_run(tmp_path, embedding_cach
     vectors = np.loadtxt(out, delimiter=",")
     assert vectors.shape == (12, 8)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)  # head embeddings are unit vectors
+    unlabelled = tmp_path / "new.csv"  # new samples: only the input column
+    unlabelled.write_text("text\nA cotton shirt\nLeather boots for winter\n")
+    assert main(["embed", str(run), "--head", "fine", "--input", str(unlabelled), "--out", str(out)]) == 0
+    assert np.loadtxt(out, delimiter=",").shape == (2, 8)
+    assert main(["embed", str(tmp_path), "--head", "fine", "--out", str(out)]) == 2  # not a run
     assert main(["embed", str(run), "--head", "fine", "--input", str(tmp_path / "nope.csv"),
                  "--out", str(out)]) == 2
     assert main(["embed", str(run), "--head", "fine", "--out", str(tmp_path / "x.txt")]) == 2
@@ -139,6 +144,14 @@ def test_frozen_text_encoder_option_errors(tmp_path, embedding_cache, tiny_model
     overrides = [*TINY, *TEXT_TABLE, f"model.encoder_options={options}"]
     assert main(args + sum((["--set", o] for o in overrides), [])) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_input_column_that_is_also_a_label_is_refused(tmp_path, capsys):
+    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--quiet"]
+    overrides = [*TINY, "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
+                 "data.options={input: fine, levels: [coarse, fine]}"]
+    assert main(args + sum((["--set", o] for o in overrides), [])) == 2
+    assert "column 'fine' is both an input and a label" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("options, message", [

@@ -70,5 +70,5 @@ def load_bbc_news(test_fraction: float = 0.2, val_fraction: float = 0.1, seed: i
         levels=[LabelLevel("label", list(classes))],
         train=everything.subset(train),
         test=everything.subset(test),
-        val=everything.subset(val) if val_fraction > 0 else None,
+        val=everything.subset(val) if len(val) else None,
     )

@@ -35,5 +35,5 @@ def load_digits(test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int
         levels=[LabelLevel("label", [str(d) for d in range(10)])],
         train=everything.subset(train),
         test=everything.subset(test),
-        val=everything.subset(val) if val_fraction > 0 else None,
+        val=everything.subset(val) if len(val) else None,
     )

@@ -59,8 +59,10 @@ def _stratified(
         rows = torch.nonzero(labels == c).flatten()
         keep.append(rows[torch.randperm(len(rows), generator=generator)[: count(c, len(rows))]])
     index = torch.cat(keep) if keep else torch.empty(0, dtype=torch.long)
-    if len(index) == 0:
+    if len(index) == 0 and not keep:
         raise DataError(f"no sample kept: the split has no labelled rows at level {level!r} to draw from")
+    if len(index) == 0:
+        raise DataError(f"no sample kept: every class of level {level!r} rounds to 0 rows; use a larger fraction")
     return split.subset(torch.sort(index).values)
 
 

@@ -253,10 +253,17 @@ def _images(table: _Table, column: str, size: int | None, grayscale: bool | None
 def _inputs(
     table: _Table, columns: list[str], kind: InputKind, size: int | None, grayscale: bool | None
 ) -> torch.Tensor | list[str]:
-    if kind == "auto":
+    guessed = kind == "auto"
+    if guessed:
         kind = _input_kind(table, columns)
     if kind == "features":
-        return _features(table, columns)
+        try:
+            return _features(table, columns)
+        except DataError as err:
+            if guessed and len(columns) == 1:
+                raise DataError(f"{err} (column {columns[0]!r} was read as numbers because its first value is one; "
+                                "set input_kind: text if it holds text)") from None
+            raise
     if len(columns) != 1:
         raise DataError(f"a {kind} input is one column, got {columns}")
     if kind == "image":
@@ -429,6 +436,9 @@ def load_table(
         raise DataError(f"separator must be a non-empty string, got {separator!r}")
     input_columns = _as_list(input, "input")
     label_columns = _as_list(levels if levels is not None else (leaf or multi_label), "the label columns")
+    both = [column for column in input_columns if column in label_columns]
+    if both:
+        raise DataError(f"column {both[0]!r} is both an input and a label: the model would be given the answer")
     table = _read_table(Path(path))
     if table.checked_header:
         table.require(input_columns + label_columns)
@@ -442,3 +452,20 @@ def load_table(
         hierarchy = _columns_hierarchy(table, label_columns)
     targets = _hierarchy_labels(table, label_columns, hierarchy)
     return LabeledSplit(inputs, targets), hierarchy.label_levels(), hierarchy
+
+
+def load_inputs(
+    path: str | Path,
+    *,
+    input: str | Sequence[str],
+    input_kind: InputKind = "auto",
+    size: int | None = None,
+    grayscale: bool | None = None,
+) -> torch.Tensor | list[str]:
+    """Only the inputs of a CSV or JSONL file, read as :func:`load_table` reads them: for embedding
+    new, unlabelled samples with a trained run (no label column is needed)."""
+    input_columns = _as_list(input, "input")
+    table = _read_table(Path(path))
+    if table.checked_header:
+        table.require(input_columns)
+    return _inputs(table, input_columns, input_kind, size, grayscale)

@@ -246,6 +246,6 @@ def load_wordnet_nouns(
         levels=[LabelLevel("coarse", coarse_names), LabelLevel("fine", fine_names)],
         train=everything.subset(train),
         test=everything.subset(test),
-        val=everything.subset(val) if val_fraction > 0 else None,
+        val=everything.subset(val) if len(val) else None,
         hierarchy=Hierarchy.from_index(parent_of, fine_names, coarse_names, ("coarse", "fine")),
     )

@@ -41,8 +41,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({exc.__class__.__name__}); "
-            "delete it to resume from the other checkpoint, or start the run again"
+            f"checkpoint {path} is corrupt or truncated ({exc.__class__.__name__}); the run cannot continue from it: "
+            "start it again with another --out"
         ) from exc
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} is not an mlcl checkpoint (format version {FORMAT_VERSION} expected)")

@@ -159,8 +159,9 @@ class TrainConfig:
         if self.weight_decay < 0:
             raise ConfigError(f"{key}.weight_decay must be >= 0, got {self.weight_decay}")
         _check_range(f"{key}.momentum", self.momentum, 0.0, 1.0, low_open=False, high_open=True)
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"{key}.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ConfigError(f"{key}.warmup_epochs must be in [0, {key}.epochs={self.epochs}], got {self.warmup_epochs}: "
+                              "the learning rate warms up, then decays over the remaining epochs")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{key}.threads must be >= 1 or null (torch's default), got {self.threads}")
         self.augment.validate(f"{key}.augment")
@@ -263,7 +264,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         path, value = parse_override(text)
         node = raw
         for part in path[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # absent, or an empty section in the file (`train:` with nothing under it)
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {'.'.join(path)}: {part!r} is a value, not a section")
             node = child

@@ -155,6 +155,9 @@ def prepare_dataset(config: Config, progress: bool = True) -> Dataset:
         dataset = _user_dataset(data, config.seed)
     else:
         dataset = load_dataset(data.name, **data.options)
+    if config.model.encoder in ("minilm", "hf") and dataset.modality != "text":
+        raise ConfigError(f"model.encoder={config.model.encoder} reads text, but {dataset.name} gives "
+                          f"{dataset.modality}; use " + ("small_cnn or resnet18" if dataset.modality == "image" else "mlp"))
     if dataset.modality == "text" and uses_frozen_text_encoder(config):
         # Whole splits first: their cached embeddings then serve every label fraction and seed.
         dataset = embed_text_splits(dataset, config.model, progress)

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlcl.data.tabular import load_table
+from mlcl.data.tabular import load_inputs
 from mlcl.errors import MlclError
 from mlcl.user_input import did_you_mean
 from mlcl.train.checkpoint import load_checkpoint
 from mlcl.train.config import load_config
-from mlcl.train.data_setup import USER_SPLIT_OPTIONS, frozen_text_embedder, uses_frozen_text_encoder
+from mlcl.train.data_setup import frozen_text_embedder, uses_frozen_text_encoder
 from mlcl.train.evaluation import extract
-from mlcl.train.loop import Trainer
+from mlcl.train.loop import IMAGE_ENCODERS, Trainer
 
 SPLITS = ("train", "val", "test")
 FORMATS = (".npy", ".pt", ".csv")
@@ -31,17 +31,23 @@ def _inputs(trainer: Trainer, source: str):
         raise MlclError(f"--input {source!r} is neither one of {', '.join(SPLITS)} nor an existing file")
     if trainer.config.data.name != "table":
         raise MlclError("--input FILE needs a run trained on a table (data.name=table), so the file's columns are known")
-    options = {k: v for k, v in trainer.config.data.options.items() if k not in USER_SPLIT_OPTIONS}
-    split, _, _ = load_table(path, **options)  # the same columns as the training file
-    if isinstance(split.inputs, list) and uses_frozen_text_encoder(trainer.config):
-        return frozen_text_embedder(trainer.config.model, progress=False)(split.inputs)  # what the trained MLP reads
-    return split.inputs
+    options = trainer.config.data.options
+    # The training file's input columns, read as training read them; no label column is needed.
+    reading = {key: options[key] for key in ("input", "size", "grayscale") if key in options}
+    encoder = trainer.config.model.encoder
+    kind = "text" if encoder in ("minilm", "hf") else ("image" if encoder in IMAGE_ENCODERS else "features")
+    inputs = load_inputs(path, input_kind=kind, **reading)
+    if kind == "text" and uses_frozen_text_encoder(trainer.config):
+        return frozen_text_embedder(trainer.config.model, progress=False)(inputs)  # what the trained MLP reads
+    return inputs
 
 
 def export_embeddings(run_dir: Path, source: str, head: str, out: Path) -> tuple[Path, int, int]:
     """Write embeddings of ``source`` by ``head`` (or ``"encoder"``) to ``out``; returns (path, N, D)."""
     if out.suffix not in FORMATS:
         raise MlclError(f"--out must end in one of {', '.join(FORMATS)}, got {out.name}")
+    if not (run_dir / "config.yaml").is_file():
+        raise MlclError(f"{run_dir} is not a run directory (no config.yaml); give the --out folder of an mlcl train run")
     trainer = Trainer(load_config(run_dir / "config.yaml"), run_dir, progress=False)
     best = run_dir / "checkpoints" / "best.pt"
     checkpoint = best if best.exists() else run_dir / "checkpoints" / "last.pt"
@@ -56,7 +62,10 @@ def export_embeddings(run_dir: Path, source: str, head: str, out: Path) -> tuple
     else:
         raise MlclError(f"--head {head!r} is not a head of this run{did_you_mean(head, names)}; "
                         f"heads: encoder, {', '.join(names)}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise MlclError(f"--out {out}: {out.parent} is a file, not a folder") from None
     if out.suffix == ".npy":
         np.save(out, vectors.numpy())
     elif out.suffix == ".pt":

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from mlcl.data.types import Dataset
 from mlcl.errors import CheckpointError, ConfigError, TrainingError
-from mlcl.models.encoders import MLPEncoder, build_encoder
+from mlcl.models.encoders import build_encoder
 from mlcl.models.heads import MultiHeadProjector
 from mlcl.models.model import MultiLevelModel
 from mlcl.train import ddp, plots
@@ -53,6 +53,13 @@ class Interrupted(Exception):
         )
 
 
+def _with_data_size(options: dict[str, Any], key: str, value: int) -> dict[str, Any]:
+    """The encoder options plus the input size the data fixes (which the user must not set)."""
+    if key in options:
+        raise ConfigError(f"model.encoder_options.{key} is set from the data ({value} here); remove it")
+    return {**options, key: value}
+
+
 def build_model(config: Config, dataset: Dataset, objective: Objective) -> MultiLevelModel:
     """Encoder for the data's modality, one projection head per objective head, optional classifiers."""
     model_cfg = config.model
@@ -60,7 +67,7 @@ def build_model(config: Config, dataset: Dataset, objective: Objective) -> Multi
     if dataset.modality == "image":
         if model_cfg.encoder not in IMAGE_ENCODERS:
             raise ConfigError(f"model.encoder={model_cfg.encoder} cannot read images; use one of {', '.join(IMAGE_ENCODERS)}")
-        encoder = build_encoder(model_cfg.encoder, in_channels=dataset.train.inputs.shape[1], **options)
+        encoder = build_encoder(model_cfg.encoder, **_with_data_size(options, "in_channels", dataset.train.inputs.shape[1]))
     elif dataset.modality == "features":
         if model_cfg.encoder in IMAGE_ENCODERS:
             raise ConfigError(
@@ -69,7 +76,7 @@ def build_model(config: Config, dataset: Dataset, objective: Objective) -> Multi
             )
         if uses_frozen_text_encoder(config):  # the sentence encoder's options were used by prepare_dataset
             options = frozen_text_options(model_cfg)[1]
-        encoder = MLPEncoder(in_dim=dataset.train.inputs.shape[1], **options)
+        encoder = build_encoder("mlp", **_with_data_size(options, "in_dim", dataset.train.inputs.shape[1]))
     else:
         if model_cfg.encoder not in ("minilm", "hf"):
             raise ConfigError(f"{dataset.name} is text: use model.encoder=minilm (or hf), not {model_cfg.encoder}")
@@ -103,6 +110,11 @@ class Trainer:
         configure_threads(config.train.threads)  # default: the cores shared out between local processes
         seed_everything(config.seed)
         self.dataset = prepare_dataset(config, progress=progress and self.rank == 0)  # one progress bar
+        if self.dataset.multi_label and (self.dataset.val is None or len(self.dataset.val) == 0):
+            raise ConfigError(
+                f"{self.dataset.name} is multi-label: its F1 thresholds are chosen on a validation split, and it has "
+                "none; give it one (data.options.val_fraction for a table, n_val for fashion-mnist-grid)"
+            )
         self.objective = Objective(config.method, self.dataset, gather_distributed=self.world > 1).to(self.device)
         self.model = build_model(config, self.dataset, self.objective).to(self.device)
         self.module: nn.Module = self.model
@@ -113,8 +125,10 @@ class Trainer:
             self.module = ddp.wrap_model(self.model, self.device,
                                          find_unused_parameters=self.dataset.modality == "text")
             seed_rank(config.seed, self.rank)  # after the (identical) initial weights
-        params = list(self.model.parameters()) + list(self.objective.parameters())
         train = config.train
+        # The objective's parameters (learnable temperatures) get no weight decay, which would pull log τ to 0.
+        params = [{"params": list(self.model.parameters())},
+                  {"params": list(self.objective.parameters()), "weight_decay": 0.0}]
         if train.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
         else:
@@ -216,17 +230,20 @@ class Trainer:
             self.model.load_state_dict(buffers, strict=False)
             self.save("last.pt")  # the weights before this step: the last good state
             raise TrainingError(
-                f"the loss became {loss_value} at epoch {self.state['epoch'] + 1}, step {self.state['step'] + 1}; "
-                f"the last good state is in {self.out_dir / 'checkpoints' / 'last.pt'}. Likely causes: a learning "
-                f"rate too high (train.lr={self.config.train.lr}) or a temperature too low "
-                f"(method.temperatures={self.config.method.temperatures}); lower the one or raise the other"
+                f"the loss became {loss_value} at epoch {self.state['epoch'] + 1}, step {self.state['step'] + 1} (the "
+                f"weights before this step are in {self.out_dir / 'checkpoints' / 'last.pt'}). Likely causes: a "
+                f"learning rate too high (train.lr={self.config.train.lr}) or a temperature too low "
+                f"(method.temperatures={self.config.method.temperatures}); start a new run (another --out) with a "
+                "lower train.lr or higher temperatures"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         ddp.average_gradients(self.objective.parameters())  # outside DDP: e.g. learnable temperatures
         if self.config.train.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+            nn.utils.clip_grad_norm_([*self.model.parameters(), *self.objective.parameters()],
+                                     self.config.train.grad_clip)
         self.optimizer.step()
+        logs["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used (log.csv: the epoch's mean)
         self.scheduler.step()
         return loss_value, logs
 
@@ -240,7 +257,7 @@ class Trainer:
         sums = self.state["epoch_sums"]
         steps = max(1, sums.pop("steps", 1))
         record = {"epoch": self.state["epoch"] + 1, **{k: v / steps for k, v in sums.items()},
-                  "lr": self.scheduler.get_last_lr()[0], "seconds": seconds}
+                  "seconds": seconds}
         train = self.config.train
         last_epoch = self.state["epoch"] + 1 == train.epochs
         if self.is_main and ((self.state["epoch"] + 1) % train.monitor_every == 0 or last_epoch):
@@ -317,7 +334,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the best checkpoint (chosen on validation), write metrics.json and plots."""
         best = self.out_dir / "checkpoints" / "best.pt"
-        if best.exists():
+        if self.state["best"] is not None and best.exists():  # written by this run's validation monitor
             self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
         metrics = evaluate_model(self.model, self.dataset, self.device, self.config.eval.knn_k,
                                  self.config.eval.probe_epochs)
@@ -341,9 +358,13 @@ class Trainer:
 def start_run(config: Config, out_dir: str | Path, *, progress: bool = True) -> Trainer:
     """A fresh run in ``out_dir`` (refuses to overwrite another run's checkpoints)."""
     out_dir = Path(out_dir)
-    if (out_dir / "checkpoints" / "last.pt").exists():
-        raise ConfigError(f"{out_dir} already holds a run; continue it with --resume {out_dir} or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir()):
+        raise ConfigError(f"{out_dir} already holds a run's checkpoints; continue it with --resume {out_dir} or "
+                          "choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"--out {out_dir} is (or is inside) a file; give a directory for the run") from None
     trainer = Trainer(config, out_dir, progress=progress)
     if trainer.is_main:
         save_config(config, out_dir / "config.yaml")

@@ -54,6 +54,9 @@ def plan_heads(method: MethodConfig, dataset: Dataset) -> list[Head]:
         return []
     if method.name == "simclr":
         return [Head(INSTANCE_HEAD, None, method.temperatures[0], 1.0)]
+    if method.name == "himulcon" and dataset.multi_label:
+        raise ConfigError(f"method.name=himulcon needs one class per sample at every level, but {dataset.name} is "
+                          "multi-label; use mulsupcon, supcon (exact label sets) or mlcl")
     if method.name == "triplet" and finest.multi_label:
         raise ConfigError(f"method.name=triplet needs one class per sample at the finest level, but {finest.name!r} "
                           f"of {dataset.name} is multi-label; use mulsupcon, supcon (exact label sets) or mlcl")
