@@ -142,7 +142,6 @@ def test_registry_lists_every_dataset_with_availability():
         available, where = info.is_available()
         assert info.name == name and isinstance(available, bool) and where
         assert info.modality in ("image", "text") and info.description and info.structure
-        assert "seed" in info.options
 
 
 def test_load_dataset_by_name():

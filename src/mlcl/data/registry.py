@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,11 +25,6 @@ class DatasetInfo:
     def is_available(self) -> tuple[bool, str]:
         """``(True, where it was found)`` or ``(False, what to install)``; never downloads."""
         return self.availability()
-
-    @property
-    def options(self) -> list[str]:
-        """The keyword options of the loader."""
-        return list(inspect.signature(self.loader).parameters)
 
 
 DATASETS: dict[str, DatasetInfo] = {
