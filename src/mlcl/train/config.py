@@ -142,7 +142,7 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads (None = torch's default)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     monitor_every: int = 1  # epochs between validation kNN checks (picks the best checkpoint)
-    monitor_train_samples: int = 5000
+    monitor_train_samples: int = 5000  # the validation kNN's bank: a fixed random sample of the training split
 
     def validate(self, key: str) -> None:
         for name in ("epochs", "batch_size", "monitor_every", "monitor_train_samples"):
@@ -170,7 +170,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     knn_k: int = 20
-    probe_epochs: int = 100
+    probe_epochs: int = 100  # at most this many L-BFGS iterations per linear probe
     embedding_map: str = "pca"  # pca | tsne | none
     map_points: int = 2000
 
