@@ -19,7 +19,9 @@ from mlcl.user_input import did_you_mean, fits_type, type_name
 
 METHODS = ("ce", "supcon", "simclr", "himulcon", "mulsupcon", "triplet", "mlcl")
 INSTANCE_HEAD = "instance"
-ENCODER_NAMES = ("small_cnn", "resnet18", "mlp", "minilm", "hf")  # mlcl.models.encoders.ENCODERS
+IMAGE_ENCODERS = ("small_cnn", "resnet18")
+TEXT_ENCODERS = ("minilm", "hf")
+ENCODER_NAMES = (*IMAGE_ENCODERS, "mlp", *TEXT_ENCODERS)  # mlcl.models.encoders.ENCODERS
 
 
 @dataclass

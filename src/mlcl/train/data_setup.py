@@ -22,7 +22,7 @@ from mlcl.data.tabular import load_table
 from mlcl.data.types import Dataset, LabelLevel
 from mlcl.errors import ConfigError, DataError
 from mlcl.hierarchy import Hierarchy
-from mlcl.train.config import Config, DataConfig, ModelConfig
+from mlcl.train.config import TEXT_ENCODERS, Config, DataConfig, ModelConfig
 from mlcl.train.runtime import barrier
 from mlcl.user_input import check_options, did_you_mean, fits_type
 
@@ -83,7 +83,7 @@ def _apply_protocols(dataset: Dataset, config: DataConfig, seed: int) -> Dataset
 
 def uses_frozen_text_encoder(config: Config) -> bool:
     """Whether texts are turned into cached frozen-encoder embeddings before training."""
-    return config.model.encoder in ("minilm", "hf") and not config.model.encoder_options.get("trainable", False)
+    return config.model.encoder in TEXT_ENCODERS and not config.model.encoder_options.get("trainable", False)
 
 
 # encoder_options of a frozen text run that belong to the sentence encoder; the others are the MLP's.
@@ -155,7 +155,7 @@ def prepare_dataset(config: Config, progress: bool = True) -> Dataset:
         dataset = _user_dataset(data, config.seed)
     else:
         dataset = load_dataset(data.name, **data.options)
-    if config.model.encoder in ("minilm", "hf") and dataset.modality != "text":
+    if config.model.encoder in TEXT_ENCODERS and dataset.modality != "text":
         raise ConfigError(f"model.encoder={config.model.encoder} reads text, but {dataset.name} gives "
                           f"{dataset.modality}; use " + ("small_cnn or resnet18" if dataset.modality == "image" else "mlp"))
     if dataset.modality == "text" and uses_frozen_text_encoder(config):

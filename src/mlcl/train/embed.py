@@ -11,10 +11,10 @@ from mlcl.data.tabular import load_inputs
 from mlcl.errors import MlclError
 from mlcl.user_input import did_you_mean
 from mlcl.train.checkpoint import load_checkpoint
-from mlcl.train.config import load_config
+from mlcl.train.config import IMAGE_ENCODERS, TEXT_ENCODERS, load_config
 from mlcl.train.data_setup import frozen_text_embedder, uses_frozen_text_encoder
 from mlcl.train.evaluation import extract
-from mlcl.train.loop import IMAGE_ENCODERS, Trainer
+from mlcl.train.loop import Trainer
 
 SPLITS = ("train", "val", "test")
 FORMATS = (".npy", ".pt", ".csv")
@@ -35,7 +35,7 @@ def _inputs(trainer: Trainer, source: str):
     # The training file's input columns, read as training read them; no label column is needed.
     reading = {key: options[key] for key in ("input", "size", "grayscale") if key in options}
     encoder = trainer.config.model.encoder
-    kind = "text" if encoder in ("minilm", "hf") else ("image" if encoder in IMAGE_ENCODERS else "features")
+    kind = "text" if encoder in TEXT_ENCODERS else ("image" if encoder in IMAGE_ENCODERS else "features")
     inputs = load_inputs(path, input_kind=kind, **reading)
     if kind == "text" and uses_frozen_text_encoder(trainer.config):
         return frozen_text_embedder(trainer.config.model, progress=False)(inputs)  # what the trained MLP reads

@@ -30,7 +30,7 @@ from mlcl.models.heads import MultiHeadProjector
 from mlcl.models.model import MultiLevelModel
 from mlcl.train import ddp, plots
 from mlcl.train.checkpoint import load_checkpoint, save_checkpoint
-from mlcl.train.config import Config, load_config, save_config
+from mlcl.train.config import IMAGE_ENCODERS, TEXT_ENCODERS, Config, load_config, save_config
 from mlcl.train.data_setup import frozen_text_options, prepare_dataset, uses_frozen_text_encoder
 from mlcl.train.evaluation import evaluate_model, monitor_score
 from mlcl.train.methods import Objective
@@ -39,7 +39,6 @@ from mlcl.train.runtime import (
 )
 from mlcl.train.views import ViewMaker
 
-IMAGE_ENCODERS = ("small_cnn", "resnet18")
 
 
 class Interrupted(Exception):
@@ -78,7 +77,7 @@ def build_model(config: Config, dataset: Dataset, objective: Objective) -> Multi
             options = frozen_text_options(model_cfg)[1]
         encoder = build_encoder("mlp", **_with_data_size(options, "in_dim", dataset.train.inputs.shape[1]))
     else:
-        if model_cfg.encoder not in ("minilm", "hf"):
+        if model_cfg.encoder not in TEXT_ENCODERS:
             raise ConfigError(f"{dataset.name} is text: use model.encoder=minilm (or hf), not {model_cfg.encoder}")
         encoder = build_encoder(model_cfg.encoder, **options)
     projector = None
