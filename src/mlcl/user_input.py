@@ -99,19 +99,19 @@ def type_name(hint: Any) -> str:
 
 
 def check_options(func: Callable[..., Any], options: Mapping[str, Any], what: str,
-                  error: type[Exception] = DataError, skip: Iterable[str] = ()) -> dict[str, Any]:
+                  skip: Iterable[str] = ()) -> dict[str, Any]:
     """``options`` checked against ``func``'s keyword parameters before calling it: an unknown name
-    (with a suggestion) or a value of the wrong type raises ``error`` naming the option. Returns the
+    (with a suggestion) or a value of the wrong type is a DataError naming the option. Returns the
     options with ints converted where floats are expected. ``skip`` names parameters the caller sets."""
     hints = typing.get_type_hints(func)
     names = [name for name in inspect.signature(func).parameters if name not in skip]
     checked = {}
     for name, value in options.items():
         if name not in names:
-            raise error(f"unknown option {name!r} for {what}{did_you_mean(name, names)}; valid options: {', '.join(names)}")
+            raise DataError(f"unknown option {name!r} for {what}{did_you_mean(name, names)}; valid options: {', '.join(names)}")
         ok, value = fits_type(hints.get(name, Any), value)
         if not ok:
-            raise error(f"option {name!r} of {what} must be of type {type_name(hints[name])}, got {value!r}")
+            raise DataError(f"option {name!r} of {what} must be of type {type_name(hints[name])}, got {value!r}")
         checked[name] = value
     return checked
 
