@@ -170,3 +170,17 @@ def test_missing_config_and_missing_data_file_are_reported(tmp_path, capsys):
 def test_debug_flag_shows_the_traceback(tmp_path):
     with pytest.raises(Exception):
         main(["--debug", "train", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")])
+
+
+@needs_fashion
+def test_a_checkpoint_with_another_optimiser_layout_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(run, "train.epochs=1")) == 0
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]  # an older mlcl: one group
+    state["loop"]["epoch"] = 0
+    save_checkpoint(state, run / "checkpoints" / "last.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlcl: error:") and "optimiser state this version cannot continue" in err

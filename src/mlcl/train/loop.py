@@ -184,7 +184,11 @@ class Trainer:
             raise CheckpointError(f"{path} was written by a different config than {self.out_dir / 'config.yaml'}")
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # e.g. a checkpoint from an mlcl with one parameter group
+            raise CheckpointError(f"{path} holds an optimiser state this version cannot continue ({exc}); "
+                                  "start the run again with another --out") from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = state["loop"]
         torch_rng = state["rng"]["torch"]
