@@ -54,11 +54,6 @@ def check_same_shapes(shape: Sequence[int], what: str, device: torch.device | st
         raise ValueError(f"gather_distributed needs {what} of the same shape on every rank, got {shapes}")
 
 
-def check_same_size(size: int, device: torch.device | str = "cpu") -> None:
-    """Raise the same ``ValueError`` on every rank unless all ranks pass the same ``size`` (a collective)."""
-    check_batch_sizes([s[0] for s in gather_sizes([size], device)])
-
-
 def gather_no_grad(tensor: torch.Tensor, dim: int = 0, *, check_size: bool = True) -> torch.Tensor:
     """All ranks' ``tensor`` concatenated along ``dim`` in rank order (no gradient).
 
@@ -68,7 +63,7 @@ def gather_no_grad(tensor: torch.Tensor, dim: int = 0, *, check_size: bool = Tru
     if world == 1:
         return tensor
     if check_size:
-        check_same_size(tensor.shape[dim], tensor.device)
+        check_same_shapes([tensor.shape[dim]], "the gathered tensor", tensor.device)
     parts = [torch.empty_like(tensor) for _ in range(world)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=dim)
