@@ -109,7 +109,7 @@ def test_gradcheck_soft_relation():
     assert torch.autograd.gradcheck(fn, (z.requires_grad_(True),))
 
 
-def test_float32_agrees_with_float64_and_half_precision_is_upcast():
+def test_float32_agrees_with_float64():
     z, labels, temps, weights = random_case(4, batch=64, dims=32, classes=5)
     loss_fn = MultiLevelSupConLoss(temps, weights)
     v64, g64 = grad_of(lambda x: loss_fn(x, labels), z)
@@ -117,11 +117,6 @@ def test_float32_agrees_with_float64_and_half_precision_is_upcast():
     assert v32.dtype == torch.float32
     torch.testing.assert_close(v32.double(), v64, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g32.double(), g64, rtol=1e-3, atol=1e-6)
-    for half in (torch.bfloat16, torch.float16):
-        vh, gh = grad_of(lambda x: loss_fn(x, labels), z.to(half))
-        assert vh.dtype == torch.float32 and gh.dtype == half
-        assert torch.isfinite(vh) and torch.isfinite(gh.float()).all()
-        torch.testing.assert_close(vh.double(), v64, rtol=2e-2, atol=2e-2)
 
 
 @pytest.mark.parametrize(

@@ -18,14 +18,21 @@ slice of the key rows (distributed training: a rank's own rows among all gathere
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
 
-# Elements of one (H, block, n) similarity block: 2**24 float32 = 64 MiB.
-DEFAULT_BLOCK_ELEMENTS = 1 << 24
-# Largest β = 1/τ for which exp(-2β) stays a normal number (float32: exp(-80) ≈ 1.8e-35).
-_MAX_FIXED_SHIFT = {torch.float32: 40.0, torch.float64: 300.0}
+# Similarities in one (H, block, n) block on the CPU: 2**24 float32 = 64 MiB, a cache-friendly size.
+CPU_BLOCK_ELEMENTS = 1 << 24
+# On CUDA a block takes this share of the free device memory, and at most this many bytes.
+CUDA_BLOCK_MEMORY_FRACTION = 0.25
+CUDA_MAX_BLOCK_BYTES = 8 << 30
+# Largest β = 1/τ for which exp(-2β) stays a normal number of the matmul's dtype (float32 and bfloat16:
+# exp(-80) ≈ 1.8e-35; float16: exp(-8) ≈ 3.4e-4, so float16 mostly takes the row-max path).
+# float16 sums are kept below this (its largest number is 65504).
+FLOAT16_SUM_LIMIT = 32768
+_MAX_FIXED_SHIFT = {torch.float64: 300.0, torch.float32: 40.0, torch.bfloat16: 40.0, torch.float16: 4.0}
 
 
 class RelationOperator(Protocol):
@@ -144,10 +151,51 @@ class DenseRelation:
         return torch.ones(self.degree().shape, dtype=torch.bool, device=self.weights.device)
 
 
-def _block_rows(num_heads: int, num_keys: int, num_anchors: int, block_size: int | None) -> int:
+def free_device_memory(device: torch.device) -> int:
+    """Bytes a new allocation on CUDA ``device`` can take: the driver's free memory plus what PyTorch's
+    caching allocator holds unused."""
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+
+
+def block_rows(
+    num_heads: int, num_keys: int, num_anchors: int, block_size: int | None, device: torch.device, dtype: torch.dtype
+) -> int:
+    """Anchor rows per block: ``block_size`` when given, else the device's block policy.
+
+    On the CPU a block holds :data:`CPU_BLOCK_ELEMENTS` similarities, so that it stays in cache. On CUDA
+    a block takes a share of the free memory (:data:`CUDA_BLOCK_MEMORY_FRACTION`, at most
+    :data:`CUDA_MAX_BLOCK_BYTES`): a few large matmuls run at the GPU's full rate, and a batch too large
+    for one block still fits.
+    """
     if block_size is None:
-        block_size = max(1, DEFAULT_BLOCK_ELEMENTS // max(1, num_heads * num_keys))
+        if device.type == "cuda":
+            budget = min(CUDA_MAX_BLOCK_BYTES, int(CUDA_BLOCK_MEMORY_FRACTION * free_device_memory(device)))
+            elements = budget // torch.empty((), dtype=dtype).element_size()
+        else:
+            elements = CPU_BLOCK_ELEMENTS
+        block_size = elements // max(1, num_heads * num_keys)
     return max(1, min(num_anchors, block_size))
+
+
+def _headroom(dtype: torch.dtype, terms: int) -> float:
+    """A power of two that keeps a sum of ``terms`` values of size <= 1.5 below :data:`FLOAT16_SUM_LIMIT`."""
+    if dtype != torch.float16:
+        return 1.0
+    return float(2 ** max(0, math.ceil(math.log2(1.5 * terms / FLOAT16_SUM_LIMIT))))
+
+
+def uses_fixed_shift(max_inv_tau: float, operand_dtype: torch.dtype) -> bool:
+    """Whether the constant shift β (instead of a row max) keeps every exp(logit − shift) representable."""
+    return max_inv_tau <= _MAX_FIXED_SHIFT[operand_dtype]
+
+
+def _scaled_bmm(lhs: torch.Tensor, rhs: torch.Tensor, scales: list[float], out: torch.Tensor) -> torch.Tensor:
+    """``out[h] = scales[h] · lhs[h] @ rhs[h]``, scaled in the matmul's float32 accumulator (before any
+    rounding to a low-precision output)."""
+    for h, scale in enumerate(scales):
+        torch.addmm(out[h], lhs[h], rhs[h], beta=0, alpha=scale, out=out[h])
+    return out
 
 
 def supcon_forward_and_grad(
@@ -158,11 +206,16 @@ def supcon_forward_and_grad(
     anchor_weight: torch.Tensor,
     need_grad: bool,
     block_size: int | None = None,
+    operand_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Per-head weighted loss Σ_i c_i ℓ_i and, if ``need_grad``, its gradient w.r.t. ``keys`` and ``inv_tau``.
 
-    ``keys`` are the L2-normalised rows ``(H, N, D)``; anchors are ``keys[:, anchor_rows]``;
-    ``anchor_weight`` ``(H, m)`` is c_i (0 for anchors that do not count, else 1 / #anchors).
+    ``keys`` are the L2-normalised rows ``(H, N, D)`` in the statistics dtype (float32 or float64);
+    anchors are ``keys[:, anchor_rows]``; ``anchor_weight`` ``(H, m)`` is c_i (0 for anchors that do
+    not count). The three ``(H, m, N)`` matmuls run in ``operand_dtype`` (default: the keys' dtype;
+    bfloat16 or float16 for the low-precision path, which accumulates in float32); log-sum-exp
+    statistics, positive terms and the gradient stay in the keys' dtype. Reading ``inv_tau`` costs one
+    host sync per call.
     """
     num_heads, num_keys, _ = keys.shape
     if num_keys < 2:  # a lone row has no other row to contrast with: no anchor counts
@@ -170,43 +223,70 @@ def supcon_forward_and_grad(
         if not need_grad:
             return zero, None, None
         return zero, torch.zeros_like(keys), zero.clone()
-    anchors = keys[:, anchor_rows]
+    stat = keys.dtype
+    op = stat if operand_dtype is None else operand_dtype
+    keys_op = keys.to(op)
+    if op != stat:  # the loss of the rows as the matmuls see them: positives and log-sum-exp agree
+        keys = keys_op.to(stat)
+    anchors, anchors_op = keys[:, anchor_rows], keys_op[:, anchor_rows]
     num_anchors = anchors.shape[1]
-    beta = inv_tau.to(keys.dtype).view(num_heads, 1, 1)
-    weight = anchor_weight.to(keys.dtype)
+    betas = inv_tau.tolist()  # the matmuls' scale factors (host floats)
+    beta = inv_tau.to(stat).view(num_heads, 1, 1)
+    weight = anchor_weight.to(stat)
+    block = block_rows(num_heads, num_keys, num_anchors, block_size, keys.device, op)
     lse = keys.new_empty(num_heads, num_anchors)
     expected = keys.new_empty(anchors.shape) if need_grad else None  # Σ_j P_ij ẑ_j per anchor
     grad = torch.zeros_like(keys) if need_grad else None
-    block = _block_rows(num_heads, num_keys, num_anchors, block_size)
+
     # Rows are unit vectors, so every logit is at most β. When exp(-2β) cannot underflow, the constant
-    # shift β replaces the row-max pass of a usual logsumexp; it rides along in the matmul as one extra
-    # coordinate (anchor: -β, key: 1), which costs far less than a pass over the (H, blk, N) block.
-    fixed_shift = bool(inv_tau.max() <= _MAX_FIXED_SHIFT[keys.dtype])
-    scaled_anchors = anchors * beta
-    if fixed_shift:
-        keys_t = torch.cat([keys, keys.new_ones(num_heads, num_keys, 1)], dim=2).transpose(1, 2)
-        lhs = torch.cat([scaled_anchors, (-beta).expand(num_heads, num_anchors, 1)], dim=2)
-    else:
-        keys_t, lhs = keys.transpose(1, 2), scaled_anchors
+    # shift β replaces the row max of a usual logsumexp. The shift rides along in the matmul as one
+    # extra coordinate (anchor: -1, key: 1) and β scales the float32 accumulator, so the largest logits
+    # leave the matmul as small, exact numbers, in low precision too.
+    fixed_shift = uses_fixed_shift(max(betas), op)
+    keys_t = torch.cat([keys_op, keys_op.new_ones(num_heads, num_keys, 1)], dim=2).transpose(1, 2)
+    # float16 sums of many softmax terms could overflow: the operands are scaled down by powers of two.
+    key_headroom, anchor_headroom = _headroom(op, num_keys), _headroom(op, block)
+    keys_for_expected = keys_op if key_headroom == 1 else keys_op / key_headroom
+    # Anchor weights, relative to each head's largest (c_i can be ~1/n, below float16's range).
+    weight_scale = weight.amax(dim=1, keepdim=True).clamp_min(torch.finfo(stat).tiny)
+    relative_weight = (weight / weight_scale).unsqueeze(-1) / anchor_headroom
+
     for start in range(0, num_anchors, block):
         stop = min(start + block, num_anchors)
-        sims = torch.bmm(lhs[:, start:stop], keys_t)  # (H, blk, N) logits (− β with the fixed shift)
-        local = torch.arange(stop - start, device=keys.device)
-        sims[:, local, local + anchor_rows.start + start] = float("-inf")
+        block_anchors = anchors_op[:, start:stop]
+        sims = keys_op.new_empty(num_heads, stop - start, num_keys)
+        self_entries = sims.diagonal(anchor_rows.start + start, dim1=1, dim2=2)  # anchor i against itself
         if fixed_shift:
+            lhs = torch.cat([block_anchors, block_anchors.new_ones(num_heads, stop - start, 1).neg_()], dim=2)
+            _scaled_bmm(lhs, keys_t, betas, sims)  # logits − β
+            self_entries.fill_(float("-inf"))
             shift = beta
-        else:
+        elif op == stat:
+            _scaled_bmm(block_anchors, keys_t[:, :-1], betas, sims)
+            self_entries.fill_(float("-inf"))
             shift = sims.amax(dim=-1, keepdim=True)
             sims.sub_(shift)
+        else:  # low precision: a first pass finds each row's max similarity, which then rides in the matmul
+            torch.bmm(block_anchors, keys_t[:, :-1], out=sims)
+            self_entries.fill_(float("-inf"))
+            row_max = sims.amax(dim=-1, keepdim=True)
+            _scaled_bmm(torch.cat([block_anchors, -row_max], dim=2), keys_t, betas, sims)  # logits − β·max
+            self_entries.fill_(float("-inf"))
+            shift = beta * row_max.to(stat)
         exps = sims.exp_()
-        norm = exps.sum(dim=-1, keepdim=True)
+        norm = exps.sum(dim=-1, keepdim=True, dtype=stat)
         lse[:, start:stop] = (shift + norm.log()).squeeze(-1)
         if need_grad:  # softmax P = exps / norm, with 1 / norm folded into the small operands
-            expected[:, start:stop] = torch.bmm(exps, keys).div_(norm)
-            coef = weight[:, start:stop].unsqueeze(-1) / norm
-            grad.baddbmm_(exps.transpose(1, 2), scaled_anchors[:, start:stop] * coef)
+            expected[:, start:stop] = torch.bmm(exps, keys_for_expected).to(stat).mul_(key_headroom).div_(norm)
+            rhs = (anchors[:, start:stop] * (relative_weight[:, start:stop] / norm)).to(op)
+            if op == stat:
+                grad.baddbmm_(exps.transpose(1, 2), rhs)
+            else:
+                grad.add_(torch.bmm(exps.transpose(1, 2), rhs))
+    if need_grad:
+        grad.mul_(beta * weight_scale.unsqueeze(-1) * anchor_headroom)
 
-    degree = relation.degree().to(keys.dtype).clamp_min(1e-12).unsqueeze(-1)
+    degree = relation.degree().to(stat).clamp_min(1e-12).unsqueeze(-1)
     positives = relation.positive_sum(keys).div_(degree)  # (H, m, D): Σ_j w_ij ẑ_j / Σ_j w_ij
     positive_sim = torch.linalg.vecdot(anchors, positives)
     per_anchor = lse - beta.view(num_heads, 1) * positive_sim
@@ -221,14 +301,18 @@ def supcon_forward_and_grad(
 
 
 class FusedSupCon(torch.autograd.Function):
-    """Autograd wrapper: the gradient is computed in ``forward`` and scaled by the upstream gradient."""
+    """Autograd wrapper: the gradient is computed in ``forward`` and scaled by the upstream gradient.
+
+    Autocast is off inside: the kernel chooses each operation's dtype itself (``operand_dtype``).
+    """
 
     @staticmethod
-    def forward(ctx, keys, inv_tau, relation, anchor_rows, anchor_weight, block_size):  # noqa: D102
+    def forward(ctx, keys, inv_tau, relation, anchor_rows, anchor_weight, block_size, operand_dtype=None):  # noqa: D102
         need_grad = any(ctx.needs_input_grad[:2])
-        head_loss, grad_keys, grad_inv_tau = supcon_forward_and_grad(
-            keys, inv_tau, relation, anchor_rows, anchor_weight, need_grad, block_size
-        )
+        with torch.autocast(keys.device.type, enabled=False):
+            head_loss, grad_keys, grad_inv_tau = supcon_forward_and_grad(
+                keys, inv_tau, relation, anchor_rows, anchor_weight, need_grad, block_size, operand_dtype
+            )
         if need_grad:
             ctx.save_for_backward(grad_keys, grad_inv_tau)
         return head_loss
@@ -238,4 +322,4 @@ class FusedSupCon(torch.autograd.Function):
         grad_keys, grad_inv_tau = ctx.saved_tensors
         grad_keys = grad_keys * grad_head_loss.view(-1, 1, 1).to(grad_keys.dtype)
         grad_inv_tau = grad_inv_tau * grad_head_loss.to(grad_inv_tau.dtype)
-        return grad_keys, grad_inv_tau, None, None, None, None
+        return grad_keys, grad_inv_tau, None, None, None, None, None

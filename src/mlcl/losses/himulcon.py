@@ -36,7 +36,8 @@ from torch import nn
 
 from mlcl import distributed
 from mlcl.losses._validate import check_head_values, check_views
-from mlcl.losses.multilevel import compute_dtype, multilevel_supcon
+from mlcl.losses.multilevel import multilevel_supcon
+from mlcl.losses.precision import statistics_dtype
 
 MODES = ("hmc", "hce", "hmce")
 
@@ -107,7 +108,7 @@ def himulcon(
     penalty = default_level_penalty(num_levels) if level_penalty is None else [float(v) for v in level_penalty]
     check_head_values("level_penalty", penalty, num_levels, positive=False)
 
-    dtype = compute_dtype(z.dtype)
+    dtype = statistics_dtype(z.dtype)
     shared = z.unsqueeze(0).expand(num_levels, *z.shape)
     temperatures = torch.full((num_levels,), float(temperature), dtype=dtype)
     _, level_losses = multilevel_supcon(

@@ -27,7 +27,7 @@ from torch import nn
 from mlcl import distributed
 from mlcl.losses._validate import check_head_values, check_views
 from mlcl.losses.fused import FusedSupCon
-from mlcl.losses.multilevel import compute_dtype
+from mlcl.losses.precision import operand_dtype, statistics_dtype
 
 
 def check_multi_hot(multi_hot: torch.Tensor, batch: int) -> None:
@@ -100,6 +100,7 @@ class MultiLabelRelation:
         return pairs / self.total_pairs.clamp_min(1)
 
 
+@torch.compiler.disable  # data-dependent validation and relation: a clean graph break under torch.compile
 def mulsupcon(
     z: torch.Tensor, multi_hot: torch.Tensor, temperature: float, block_size: int | None = None,
     gather_distributed: bool = False,
@@ -113,7 +114,7 @@ def mulsupcon(
     check_views(z, "MulSupConLoss")
     check_multi_hot(multi_hot, z.shape[0])
     batch, n_views, _ = z.shape
-    dtype = compute_dtype(z.dtype)
+    dtype = statistics_dtype(z.dtype)
     local = F.normalize(z.to(dtype), dim=-1).reshape(1, batch * n_views, -1)
     keys = distributed.gather_with_grad(local, dim=1, check_size=False) if world > 1 else local
     hot = multi_hot.to(z.device)
@@ -122,7 +123,7 @@ def mulsupcon(
     inv_tau = torch.full((1,), 1.0 / temperature, dtype=dtype, device=z.device)
     # Scaled by W: DDP's gradient average over ranks is then the gradient of the global mean.
     weight = relation.anchor_weight() * world
-    return FusedSupCon.apply(keys, inv_tau, relation, relation.anchor_rows, weight, block_size)[0]
+    return FusedSupCon.apply(keys, inv_tau, relation, relation.anchor_rows, weight, block_size, operand_dtype(z))[0]
 
 
 class MulSupConLoss(nn.Module):

@@ -12,13 +12,10 @@ from torch import nn
 from mlcl import distributed
 from mlcl.losses._validate import check_anchor_mask, check_head_values, check_projections, check_relation
 from mlcl.losses.fused import DenseRelation, FusedSupCon, LabelRelation
+from mlcl.losses.precision import operand_dtype, statistics_dtype
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The input dtype, upcast to at least float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
+@torch.compiler.disable  # validation and relations are data-dependent: a clean graph break under torch.compile
 def multilevel_supcon(
     z: torch.Tensor,
     relation: torch.Tensor,
@@ -48,7 +45,7 @@ def multilevel_supcon(
             f"z has {num_heads} heads but got {temperatures.numel()} temperatures and {weights.numel()} weights"
         )
 
-    dtype = compute_dtype(z.dtype)
+    dtype = statistics_dtype(z.dtype)
     normalised = F.normalize(z.to(dtype), dim=-1).reshape(num_heads, batch * n_views, -1)
     keys = distributed.gather_with_grad(normalised, dim=1, check_size=False) if world > 1 else normalised
     if is_labels:
@@ -69,7 +66,7 @@ def multilevel_supcon(
     anchor_weight = valid.to(dtype) * (world / count.clamp_min(1)).unsqueeze(1)
 
     inv_tau = 1.0 / temperatures.to(device=z.device, dtype=dtype)
-    head_losses = FusedSupCon.apply(keys, inv_tau, operator, anchor_rows, anchor_weight, block_size)
+    head_losses = FusedSupCon.apply(keys, inv_tau, operator, anchor_rows, anchor_weight, block_size, operand_dtype(z))
     total = (weights.to(device=z.device, dtype=dtype) * head_losses).sum()
     return total, head_losses
 
@@ -82,6 +79,10 @@ class MultiLevelSupConLoss(nn.Module):
         loss_fn = MultiLevelSupConLoss(temperatures=[0.5, 0.1], weights=[0.5, 1.0])
         loss = loss_fn(z, labels)          # z: (H, B, V, D); labels: (B, H) long, -1 = unknown
         loss_fn.last_head_losses           # (H,) detached per-head values for logging
+        loss, head_losses = loss_fn(z, labels, return_head_losses=True)   # the same, returned (H,)
+
+    bfloat16 / float16 ``z``, or ``z`` inside ``torch.autocast``, computes the similarity matmuls in that
+    precision with float32 statistics (:mod:`mlcl.losses.precision`).
     """
 
     def __init__(
@@ -121,8 +122,14 @@ class MultiLevelSupConLoss(nn.Module):
         return self.log_temperatures.exp()
 
     def forward(
-        self, z: torch.Tensor, relation: torch.Tensor, anchor_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+        self,
+        z: torch.Tensor,
+        relation: torch.Tensor,
+        anchor_mask: torch.Tensor | None = None,
+        *,
+        return_head_losses: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The weighted total; with ``return_head_losses`` also the ``(H,)`` per-head losses (detached)."""
         check_projections(z)
         if z.shape[0] != self.num_heads:
             raise ValueError(
@@ -139,7 +146,7 @@ class MultiLevelSupConLoss(nn.Module):
             block_size=self.block_size,
         )
         self.last_head_losses = head_losses.detach()
-        return total
+        return (total, self.last_head_losses) if return_head_losses else total
 
 
 class SupConLoss(MultiLevelSupConLoss):

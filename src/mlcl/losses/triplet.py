@@ -20,7 +20,7 @@ from torch import nn
 
 from mlcl import distributed
 from mlcl.losses._validate import check_views
-from mlcl.losses.multilevel import compute_dtype
+from mlcl.losses.precision import statistics_dtype
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -38,7 +38,7 @@ def _rows_and_labels(z: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
         raise ValueError(f"labels must be integer class ids (-1 = unlabelled), got dtype {labels.dtype}")
     if labels.min().item() < -1:
         raise ValueError(f"labels must be >= -1 (-1 = unlabelled), got {labels.min().item()}")
-    rows = z.to(compute_dtype(z.dtype)).reshape(batch * n_views, dims)
+    rows = z.to(statistics_dtype(z.dtype)).reshape(batch * n_views, dims)
     return rows, labels.to(z.device).repeat_interleave(n_views)
 
 
