@@ -143,10 +143,11 @@ def test_embed_exports_each_head_and_the_encoder(tmp_path):
 def test_learnable_temperatures_get_no_weight_decay(tmp_path):
     from mlcl.train.config import load_config
     from mlcl.train.loop import Trainer
+    from mlcl.train.run import build_run
 
     config = load_config("configs/quickstart.yaml", [*SMALL_FASHION, "method.learnable_temperatures=true",
                                                      "train.weight_decay=0.01"])
-    trainer = Trainer(config, tmp_path, progress=False)
+    trainer = Trainer(build_run(config, tmp_path), progress=False)
     model_group, objective_group = trainer.optimizer.param_groups
     temperatures = list(trainer.objective.parameters())
     assert temperatures and [id(p) for p in objective_group["params"]] == [id(p) for p in temperatures]

@@ -60,6 +60,7 @@ def _launch_distributed(nproc: int, argv: list[str], debug: bool = False) -> int
 def cmd_train(args: argparse.Namespace) -> int:
     from mlcl.train.config import load_config
     from mlcl.train.loop import resume_run, start_run
+    from mlcl.train.results import evaluate_run
 
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _launch_distributed(args.nproc, args.argv, debug=args.debug)
@@ -74,7 +75,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer.train()
     if not trainer.is_main:
         return 0
-    metrics = trainer.evaluate()
+    trainer.run.load_weights("best")  # chosen on validation
+    metrics = evaluate_run(trainer.run)
     print(f"\n{trainer.dataset.name} / {trainer.config.method.name}: {metrics['epochs']} epochs in "
           f"{metrics['train_seconds']:.1f} s; test results (best epoch {metrics['best_epoch']}):")
     print(_summary_table(metrics))
@@ -83,15 +85,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from mlcl.train.config import load_config
-    from mlcl.train.loop import Trainer
+    from mlcl.train.results import evaluate_run
+    from mlcl.train.run import load_run
 
-    run = Path(args.run_dir)
-    if not (run / "config.yaml").exists():
-        raise MlclError(f"{run} is not a run directory (no config.yaml)")
-    trainer = Trainer(load_config(run / "config.yaml"), run, progress=not args.quiet)
-    trainer.restore(run / "checkpoints" / "last.pt")
-    metrics = trainer.evaluate()
+    metrics = evaluate_run(load_run(args.run_dir, "best", progress=not args.quiet))
     print(_summary_table(metrics))
     return 0
 

@@ -19,6 +19,7 @@ deleted after the line is written unless ``keep_runs``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import fcntl
 import fnmatch
@@ -37,6 +38,7 @@ from typing import Any
 import torch
 
 from mlcl.errors import ConfigError, TrainingError
+from mlcl.experiments.convergence import evaluate_snapshots, record_epochs
 from mlcl.experiments.grids import (
     Cell,
     Experiment,
@@ -47,6 +49,12 @@ from mlcl.experiments.grids import (
     select_hparams,
     train_command,
 )
+from mlcl.experiments.transfer import evaluate_raw_target, evaluate_target
+from mlcl.train.config import Config, load_config
+from mlcl.train.evaluation import evaluate_model
+from mlcl.train.loop import Trainer, resume_run, start_run
+from mlcl.train.results import evaluate_run, flatten_metrics
+from mlcl.train.run import Run
 
 REQUIRED_KEYS = ("experiment", "dataset", "method", "fraction", "noise", "seed", "metrics", "epochs",
                  "train_seconds", "config")
@@ -175,19 +183,8 @@ def cell_command(experiment: str, cell: Cell) -> str:
 # ---------------------------------------------------------------------------- running one cell
 
 
-def _flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``metrics.json`` -> ``{LEVEL: {...}, "consistency": {...}}`` (+ classifier top-1 for CE)."""
-    flat = {level: dict(values) for level, values in metrics.get("test", {}).items()}
-    for level, values in metrics.get("classifier", {}).items():
-        flat.setdefault(level, {})["classifier_top1"] = values["top1"]
-    return flat
-
-
-def _trainer(config, out_dir: Path, progress: bool, fresh: bool):
+def _trainer(config: Config, out_dir: Path, progress: bool, fresh: bool) -> tuple[Trainer, bool]:
     """A trainer for ``out_dir``: continue an interrupted run of the same config, else start anew."""
-    from mlcl.train.config import load_config
-    from mlcl.train.loop import resume_run, start_run
-
     last = out_dir / "checkpoints" / "last.pt"
     if not fresh and last.exists() and (out_dir / "config.yaml").exists():
         try:
@@ -201,28 +198,15 @@ def _trainer(config, out_dir: Path, progress: bool, fresh: bool):
     return start_run(config, out_dir, progress=progress), False
 
 
-def _load_best(trainer) -> None:
-    from mlcl.train.checkpoint import load_checkpoint
-
-    best = trainer.out_dir / "checkpoints" / "best.pt"
-    if best.exists():
-        trainer.model.load_state_dict(load_checkpoint(best, map_location=trainer.device)["model"])
-
-
-def _validation_metrics(trainer) -> dict[str, Any]:
+def _validation_metrics(run: Run) -> dict[str, Any]:
     """Frozen-feature probes scored on the validation split (the sweep's criterion; test unused)."""
-    import dataclasses
-
-    from mlcl.train.evaluation import evaluate_model
-
-    dataset = trainer.dataset
+    dataset = run.dataset
     if dataset.val is None or len(dataset.val) == 0:
         raise ConfigError(f"{dataset.name} has no validation split; the sweep needs one (data.options.val_size)")
     on_val = dataclasses.replace(dataset, test=dataset.val)
-    _load_best(trainer)
-    metrics = evaluate_model(trainer.model, on_val, trainer.device, trainer.config.eval.knn_k,
-                             trainer.config.eval.probe_epochs)
-    return _flatten_metrics(metrics)
+    run.load_weights("best")
+    metrics = evaluate_model(run.model, on_val, run.device, run.config.eval.knn_k, run.config.eval.probe_epochs)
+    return flatten_metrics(metrics)
 
 
 def run_cell(experiment: str, cell: Cell, options: RunOptions, tuned: TunedTable | None) -> dict[str, Any]:
@@ -240,8 +224,6 @@ def run_cell(experiment: str, cell: Cell, options: RunOptions, tuned: TunedTable
     if cell.target:
         line["target"] = cell.target
     if cell.kind == "transfer-raw":
-        from mlcl.experiments.transfer import evaluate_raw_target
-
         line["metrics"], line["train_samples"] = evaluate_raw_target(cell.target)
         return _finish(line, experiment, cell, started)
 
@@ -253,8 +235,6 @@ def run_cell(experiment: str, cell: Cell, options: RunOptions, tuned: TunedTable
         options.log(f"  continuing the interrupted run in {out_dir} (epoch {trainer.state['epoch']})")
     snapshots: list[tuple[int, dict[str, torch.Tensor]]] = []
     if cell.kind == "convergence":
-        from mlcl.experiments.convergence import record_epochs
-
         record_epochs(trainer, snapshots)
     try:
         trainer.train()
@@ -262,32 +242,29 @@ def run_cell(experiment: str, cell: Cell, options: RunOptions, tuned: TunedTable
         line["error"] = str(exc)
         line["epochs"] = trainer.state["epoch"]
         line["train_seconds"] = round(trainer.state["train_seconds"], 2)
-        _cleanup(trainer, out_dir, options)
+        _cleanup(out_dir, options)
         return _finish(line, experiment, cell, started)
-    line["epochs"] = trainer.state["epoch"]
-    line["train_seconds"] = round(trainer.state["train_seconds"], 2)
-    line["best_epoch"] = trainer.state.get("best_epoch", trainer.state["epoch"])
-    line["train_samples"] = len(trainer.dataset.train)
+    run = trainer.run
+    line["epochs"] = run.state["epoch"]
+    line["train_seconds"] = round(run.state["train_seconds"], 2)
+    line["best_epoch"] = run.state.get("best_epoch", run.state["epoch"])
+    line["train_samples"] = len(run.dataset.train)
     if cell.kind == "sweep":
-        line["metrics"] = _validation_metrics(trainer)
+        line["metrics"] = _validation_metrics(run)
     else:
         if cell.kind == "convergence":
-            from mlcl.experiments.convergence import evaluate_snapshots
-
-            line["curve"] = evaluate_snapshots(trainer, snapshots)
-        line["metrics"] = _flatten_metrics(trainer.evaluate())  # the best checkpoint (chosen on validation)
+            line["curve"] = evaluate_snapshots(run, snapshots, trainer.steps_per_epoch)
+        run.load_weights("best")  # chosen on validation
+        line["metrics"] = flatten_metrics(evaluate_run(run))
         if cell.kind == "transfer":
-            from mlcl.experiments.transfer import evaluate_target
-
             line["source_metrics"] = line["metrics"]
-            line["metrics"] = evaluate_target(trainer.model, cell.target, trainer.device, config.eval.knn_k,
-                                              config.model)
-    _cleanup(trainer, out_dir, options)
+            line["metrics"] = evaluate_target(run.model, cell.target, run.device, config.eval.knn_k, config.model)
+    _cleanup(out_dir, options)
     return _finish(line, experiment, cell, started)
 
 
-def _cleanup(trainer, out_dir: Path, options: RunOptions) -> None:
-    """Remove the run directory (unless ``keep_runs``); the caller drops the trainer itself."""
+def _cleanup(out_dir: Path, options: RunOptions) -> None:
+    """Remove the run directory (unless ``keep_runs``)."""
     if not options.keep_runs and out_dir.exists():
         shutil.rmtree(out_dir, ignore_errors=True)
 

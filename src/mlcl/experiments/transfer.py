@@ -20,9 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlcl.data.registry import load_dataset
 from mlcl.data.types import Dataset
 from mlcl.errors import ConfigError
+from mlcl.eval.probe import evaluate_levels
 from mlcl.train.config import ModelConfig
+from mlcl.train.data_setup import embed_text_splits
+from mlcl.train.evaluation import extract
 
 TARGETS = ("digits", "bbc-news")
 IMAGE_SIZE = 28
@@ -31,8 +35,6 @@ IMAGE_SIZE = 28
 def load_target(name: str, model: ModelConfig | None = None) -> Dataset:
     """The target dataset, its inputs ready for the source encoder: 28x28 images, or the sentence
     embeddings of the source run's frozen text encoder (``model``; default MiniLM)."""
-    from mlcl.data.registry import load_dataset
-
     if name not in TARGETS:
         raise ConfigError(f"unknown transfer target {name!r}; targets: {', '.join(TARGETS)}")
     dataset = load_dataset(name)
@@ -41,8 +43,6 @@ def load_target(name: str, model: ModelConfig | None = None) -> Dataset:
             if split is not None:
                 split.inputs = resize_images(split.inputs)
     else:
-        from mlcl.train.data_setup import embed_text_splits
-
         dataset = embed_text_splits(dataset, model, progress=False)  # the cache that training uses
     return dataset
 
@@ -53,8 +53,6 @@ def resize_images(images: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
 
 
 def _probe(dataset: Dataset, featurize, knn_k: int) -> dict[str, Any]:
-    from mlcl.eval.probe import evaluate_levels
-
     train_x, test_x = featurize(dataset.train.inputs), featurize(dataset.test.inputs)
     val_x = featurize(dataset.val.inputs) if dataset.val is not None else None
     return evaluate_levels(
@@ -67,8 +65,6 @@ def evaluate_target(model: nn.Module, target: str, device: torch.device, knn_k: 
                     model_config: ModelConfig | None = None) -> dict[str, Any]:
     """Probe ``model``'s frozen encoder features on ``target`` (per level: linear and kNN top-1);
     ``model_config`` is the source run's (its frozen text encoder embeds a text target)."""
-    from mlcl.train.evaluation import extract
-
     dataset = load_target(target, model_config)
     return _probe(dataset, lambda inputs: extract(model, inputs, device), knn_k)
 
@@ -78,8 +74,6 @@ def evaluate_raw_target(target: str, knn_k: int = 20) -> tuple[dict[str, Any], i
 
     Digits: the original 8x8 pixels (64 features); BBC News: the MiniLM sentence embeddings.
     """
-    from mlcl.data.registry import load_dataset
-
     if target == "digits":
         dataset = load_dataset("digits")
     else:

@@ -15,10 +15,9 @@ from typing import Any
 import yaml
 
 from mlcl.errors import ConfigError
+from mlcl.train.methods import METHODS
 from mlcl.user_input import did_you_mean, fits_type, type_name
 
-METHODS = ("ce", "supcon", "simclr", "himulcon", "mulsupcon", "triplet", "mlcl")
-INSTANCE_HEAD = "instance"
 IMAGE_ENCODERS = ("small_cnn", "resnet18")
 TEXT_ENCODERS = ("minilm", "hf")
 ENCODER_NAMES = (*IMAGE_ENCODERS, "mlp", *TEXT_ENCODERS)  # mlcl.models.encoders.ENCODERS
@@ -87,7 +86,7 @@ class MethodConfig:
     views: int = 2
 
     def validate(self, key: str) -> None:
-        _check_choice(f"{key}.name", self.name, METHODS)
+        _check_choice(f"{key}.name", self.name, tuple(METHODS))
         _check_choice(f"{key}.overlap", self.overlap, ("any", "jaccard"))
         _check_choice(f"{key}.himulcon_mode", self.himulcon_mode, ("hmc", "hce", "hmce"))
         for i, t in enumerate(self.temperatures):
@@ -104,10 +103,9 @@ class MethodConfig:
             raise ConfigError(f"{key}.views must be >= 1, got {self.views}")
         if not 0 <= self.triplet_margin < float("inf"):
             raise ConfigError(f"{key}.triplet_margin must be a finite number >= 0, got {self.triplet_margin}")
-        if self.name == "simclr" and self.views < 2:
-            raise ConfigError(f"{key}.views must be >= 2 for simclr (its only positives are other views)")
         if self.classifier_weight < 0:
             raise ConfigError(f"{key}.classifier_weight must be >= 0, got {self.classifier_weight}")
+        METHODS[self.name].check_config(self, key)
 
 
 @dataclass

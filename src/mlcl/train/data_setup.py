@@ -148,20 +148,20 @@ def embed_text_splits(dataset: Dataset, model: ModelConfig | None = None, progre
     return dataset
 
 
-def prepare_dataset(config: Config, progress: bool = True) -> Dataset:
-    """The dataset a run uses, with protocols applied to its training split only."""
-    data = config.data
-    if data.name in ("table", "image-folder"):
-        dataset = _user_dataset(data, config.seed)
-    else:
-        dataset = load_dataset(data.name, **data.options)
-    if config.model.encoder in TEXT_ENCODERS and dataset.modality != "text":
-        raise ConfigError(f"model.encoder={config.model.encoder} reads text, but {dataset.name} gives "
-                          f"{dataset.modality}; use " + ("small_cnn or resnet18" if dataset.modality == "image" else "mlp"))
+def load_data(config: Config) -> Dataset:
+    """The configured dataset as loaded: a built-in one, or the user's file / folder split three ways."""
+    if config.data.name in ("table", "image-folder"):
+        return _user_dataset(config.data, config.seed)
+    return load_dataset(config.data.name, **config.data.options)
+
+
+def prepare_dataset(dataset: Dataset, config: Config, progress: bool = True) -> Dataset:
+    """The loaded ``dataset`` as a run uses it: texts embedded by a frozen encoder, protocols applied to
+    the training split only."""
     if dataset.modality == "text" and uses_frozen_text_encoder(config):
         # Whole splits first: their cached embeddings then serve every label fraction and seed.
         dataset = embed_text_splits(dataset, config.model, progress)
-    dataset = _apply_protocols(dataset, data, config.seed)
+    dataset = _apply_protocols(dataset, config.data, config.seed)
     if len(dataset.train) < config.train.batch_size:
         raise DataError(
             f"train.batch_size={config.train.batch_size} is larger than the training set ({len(dataset.train)} "

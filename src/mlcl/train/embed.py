@@ -9,36 +9,35 @@ import torch
 
 from mlcl.data.tabular import load_inputs
 from mlcl.errors import MlclError
-from mlcl.user_input import did_you_mean
-from mlcl.train.checkpoint import load_checkpoint
-from mlcl.train.config import IMAGE_ENCODERS, TEXT_ENCODERS, load_config
+from mlcl.train.config import IMAGE_ENCODERS, TEXT_ENCODERS
 from mlcl.train.data_setup import frozen_text_embedder, uses_frozen_text_encoder
 from mlcl.train.evaluation import extract
-from mlcl.train.loop import Trainer
+from mlcl.train.run import Run, load_run
+from mlcl.user_input import did_you_mean
 
 SPLITS = ("train", "val", "test")
 FORMATS = (".npy", ".pt", ".csv")
 
 
-def _inputs(trainer: Trainer, source: str):
+def _inputs(run: Run, source: str):
     if source in SPLITS:
-        split = getattr(trainer.dataset, source)
+        split = getattr(run.dataset, source)
         if split is None:
             raise MlclError(f"the run's dataset has no {source} split")
         return split.inputs
     path = Path(source)
     if not path.exists():
         raise MlclError(f"--input {source!r} is neither one of {', '.join(SPLITS)} nor an existing file")
-    if trainer.config.data.name != "table":
+    if run.config.data.name != "table":
         raise MlclError("--input FILE needs a run trained on a table (data.name=table), so the file's columns are known")
-    options = trainer.config.data.options
+    options = run.config.data.options
     # The training file's input columns, read as training read them; no label column is needed.
     reading = {key: options[key] for key in ("input", "size", "grayscale") if key in options}
-    encoder = trainer.config.model.encoder
+    encoder = run.config.model.encoder
     kind = "text" if encoder in TEXT_ENCODERS else ("image" if encoder in IMAGE_ENCODERS else "features")
     inputs = load_inputs(path, input_kind=kind, **reading)
-    if kind == "text" and uses_frozen_text_encoder(trainer.config):
-        return frozen_text_embedder(trainer.config.model, progress=False)(inputs)  # what the trained MLP reads
+    if kind == "text" and uses_frozen_text_encoder(run.config):
+        return frozen_text_embedder(run.config.model, progress=False)(inputs)  # what the trained MLP reads
     return inputs
 
 
@@ -46,18 +45,13 @@ def export_embeddings(run_dir: Path, source: str, head: str, out: Path) -> tuple
     """Write embeddings of ``source`` by ``head`` (or ``"encoder"``) to ``out``; returns (path, N, D)."""
     if out.suffix not in FORMATS:
         raise MlclError(f"--out must end in one of {', '.join(FORMATS)}, got {out.name}")
-    if not (run_dir / "config.yaml").is_file():
-        raise MlclError(f"{run_dir} is not a run directory (no config.yaml); give the --out folder of an mlcl train run")
-    trainer = Trainer(load_config(run_dir / "config.yaml"), run_dir, progress=False)
-    best = run_dir / "checkpoints" / "best.pt"
-    checkpoint = best if best.exists() else run_dir / "checkpoints" / "last.pt"
-    trainer.model.load_state_dict(load_checkpoint(checkpoint)["model"])
-    inputs = _inputs(trainer, source)
-    names = [h.name for h in trainer.objective.heads]
+    run = load_run(run_dir, "best")
+    inputs = _inputs(run, source)
+    names = [h.name for h in run.heads]
     if head == "encoder":
-        vectors = extract(trainer.model, inputs, trainer.device)
+        vectors = extract(run.model, inputs, run.device)
     elif head in names:
-        vectors = extract(trainer.model, inputs, trainer.device, what="projections")[names.index(head)]
+        vectors = extract(run.model, inputs, run.device, what="projections")[names.index(head)]
         vectors = torch.nn.functional.normalize(vectors, dim=1)
     else:
         raise MlclError(f"--head {head!r} is not a head of this run{did_you_mean(head, names)}; "

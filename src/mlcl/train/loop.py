@@ -1,21 +1,20 @@
-"""The training loop: one run from config to checkpoints, logs, metrics and plots.
+"""The training loop: a :class:`~mlcl.train.run.Run` optimised epoch by epoch, with checkpoints and logs.
 
 A run directory holds ``config.yaml`` (the resolved config), ``checkpoints/last.pt`` and
-``checkpoints/best.pt``, ``log.csv`` (one row per epoch), ``metrics.json`` and PNG plots. The loop
-checkpoints atomically at every epoch end and when interrupted (SIGINT / SIGTERM), and ``resume``
-continues from the exact step with the same data order and random state, so an interrupted run ends
-with the same weights as an uninterrupted one.
+``checkpoints/best.pt`` and ``log.csv`` (one row per epoch); :func:`mlcl.train.results.evaluate_run`
+adds ``metrics.json`` and PNG plots. The loop checkpoints atomically at every epoch end and when
+interrupted (SIGINT / SIGTERM), and ``resume`` continues from the exact step with the same data order
+and random state, so an interrupted run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,22 +22,14 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from mlcl.data.types import Dataset
 from mlcl.errors import CheckpointError, ConfigError, TrainingError
-from mlcl.models.encoders import build_encoder
-from mlcl.models.heads import MultiHeadProjector
-from mlcl.models.model import MultiLevelModel
-from mlcl.train import ddp, plots
-from mlcl.train.checkpoint import load_checkpoint, save_checkpoint
-from mlcl.train.config import IMAGE_ENCODERS, TEXT_ENCODERS, Config, load_config, save_config
-from mlcl.train.data_setup import frozen_text_options, prepare_dataset, uses_frozen_text_encoder
-from mlcl.train.evaluation import evaluate_model, monitor_score
-from mlcl.train.methods import Objective
-from mlcl.train.runtime import (
-    StopRequest, barrier, configure_threads, init_distributed, resolve_device, seed_everything, seed_rank,
-)
+from mlcl.train import ddp
+from mlcl.train.checkpoint import save_checkpoint
+from mlcl.train.config import Config, load_config, save_config
+from mlcl.train.evaluation import monitor_score
+from mlcl.train.run import Run, build_run, read_checkpoint
+from mlcl.train.runtime import StopRequest, barrier, seed_rank
 from mlcl.train.views import ViewMaker
-
 
 
 class Interrupted(Exception):
@@ -52,43 +43,6 @@ class Interrupted(Exception):
         )
 
 
-def _with_data_size(options: dict[str, Any], key: str, value: int) -> dict[str, Any]:
-    """The encoder options plus the input size the data fixes (which the user must not set)."""
-    if key in options:
-        raise ConfigError(f"model.encoder_options.{key} is set from the data ({value} here); remove it")
-    return {**options, key: value}
-
-
-def build_model(config: Config, dataset: Dataset, objective: Objective) -> MultiLevelModel:
-    """Encoder for the data's modality, one projection head per objective head, optional classifiers."""
-    model_cfg = config.model
-    options = dict(model_cfg.encoder_options)
-    if dataset.modality == "image":
-        if model_cfg.encoder not in IMAGE_ENCODERS:
-            raise ConfigError(f"model.encoder={model_cfg.encoder} cannot read images; use one of {', '.join(IMAGE_ENCODERS)}")
-        encoder = build_encoder(model_cfg.encoder, **_with_data_size(options, "in_channels", dataset.train.inputs.shape[1]))
-    elif dataset.modality == "features":
-        if model_cfg.encoder in IMAGE_ENCODERS:
-            raise ConfigError(
-                f"model.encoder={model_cfg.encoder} needs images, but {dataset.name} gives feature vectors "
-                "(or frozen text embeddings); use model.encoder=mlp"
-            )
-        if uses_frozen_text_encoder(config):  # the sentence encoder's options were used by prepare_dataset
-            options = frozen_text_options(model_cfg)[1]
-        encoder = build_encoder("mlp", **_with_data_size(options, "in_dim", dataset.train.inputs.shape[1]))
-    else:
-        if model_cfg.encoder not in TEXT_ENCODERS:
-            raise ConfigError(f"{dataset.name} is text: use model.encoder=minilm (or hf), not {model_cfg.encoder}")
-        encoder = build_encoder(model_cfg.encoder, **options)
-    projector = None
-    if objective.heads:
-        projector = MultiHeadProjector(
-            encoder.out_dim, len(objective.heads), hidden_dim=model_cfg.proj_hidden, out_dim=model_cfg.proj_dim,
-            depth=model_cfg.proj_depth, head_names=[h.name for h in objective.heads],
-        )
-    return MultiLevelModel(encoder, projector, classifiers=objective.classifier_levels)
-
-
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 0."""
     if warmup and step < warmup:
@@ -98,38 +52,30 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 class Trainer:
-    """Runs one configured training job in ``out_dir`` (see the module docstring for its files)."""
+    """Optimises a :class:`Run` in its ``out_dir`` (see the module docstring for the files it writes)."""
 
-    def __init__(self, config: Config, out_dir: str | Path, *, progress: bool = True):
-        self.config = config
-        self.out_dir = Path(out_dir)
+    def __init__(self, run: Run, *, progress: bool = True):
+        if run.out_dir is None:
+            raise ValueError("a run trains in a directory: build it with build_run(config, out_dir)")
+        self.run = run
+        self.config, self.dataset, self.objective, self.device = run.config, run.dataset, run.objective, run.device
+        self.out_dir, self.rank, self.world = run.out_dir, run.rank, run.world
         self.progress = progress
-        self.rank, local_rank, self.world = init_distributed(config.train.device)
-        self.device = resolve_device(config.train.device, local_rank)
-        configure_threads(config.train.threads)  # default: the cores shared out between local processes
-        seed_everything(config.seed)
-        self.dataset = prepare_dataset(config, progress=progress and self.rank == 0)  # one progress bar
-        if self.dataset.multi_label and (self.dataset.val is None or len(self.dataset.val) == 0):
-            raise ConfigError(
-                f"{self.dataset.name} is multi-label: its F1 thresholds are chosen on a validation split, and it has "
-                "none; give it one (data.options.val_fraction for a table, n_val for fashion-mnist-grid)"
-            )
-        self.objective = Objective(config.method, self.dataset, gather_distributed=self.world > 1).to(self.device)
-        self.model = build_model(config, self.dataset, self.objective).to(self.device)
-        self.module: nn.Module = self.model
+        self.module: nn.Module = run.model
         if self.world > 1:
             # Global-batch BatchNorm (same state-dict keys), so W processes x b train like 1 x W*b.
-            self.model = ddp.sync_batchnorm(self.model, self.device)
+            run.model = ddp.sync_batchnorm(run.model, self.device)
             # A trainable text encoder has parameters its pooling never uses (e.g. BERT's pooler).
-            self.module = ddp.wrap_model(self.model, self.device,
+            self.module = ddp.wrap_model(run.model, self.device,
                                          find_unused_parameters=self.dataset.modality == "text")
-            seed_rank(config.seed, self.rank)  # after the (identical) initial weights
-        train = config.train
+            seed_rank(self.config.seed, self.rank)  # after the (identical) initial weights
+        train = self.config.train
         # The objective's parameters (learnable temperatures) get no weight decay, which would pull log τ to 0.
         params = [{"params": list(self.model.parameters())},
                   {"params": list(self.objective.parameters()), "weight_decay": 0.0}]
         if train.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+            self.optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum,
+                                             weight_decay=train.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
         self.steps_per_epoch = len(self.dataset.train) // (train.batch_size * self.world)
@@ -141,19 +87,27 @@ class Trainer:
         total = self.steps_per_epoch * train.epochs
         warmup = int(train.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, total, warmup))
-        self.generator = torch.Generator().manual_seed(config.seed)
-        self.views = ViewMaker(self.dataset.modality, config.method.views, train.augment, self.generator)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.views = ViewMaker(self.dataset.modality, self.config.method.views, train.augment, self.generator)
         # Each rank's views are its rows of the views one process would make of the global batch.
         self.views = ddp.distribute_views(self.views, self.rank, self.world)
         # Called on the main process after each epoch's checkpoint, with the trainer and the epoch's record.
         self.epoch_callbacks: list[Callable[[Trainer, dict[str, Any]], None]] = []
-        self.state: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "history": [], "best": None,
-                                      "epoch_sums": {}, "train_seconds": 0.0, "world": self.world}
+
+    @property
+    def model(self) -> nn.Module:
+        """The run's model (with global-batch BatchNorm in a distributed run; not the DDP wrapper)."""
+        return self.run.model
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The run's loop record: position, history, best validation score, training time."""
+        return self.run.state
 
     # ------------------------------------------------------------------ checkpoints
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        return self.run.is_main
 
     def _checkpoint_state(self, torch_rng: list[torch.Tensor]) -> dict[str, Any]:
         return {
@@ -179,9 +133,7 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint of this run: weights, optimiser, schedule, position and RNG."""
-        state = load_checkpoint(path, map_location=self.device)
-        if state["config"] != self.config.to_dict():
-            raise CheckpointError(f"{path} was written by a different config than {self.out_dir / 'config.yaml'}")
+        state = read_checkpoint(self.run, path)
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         try:
@@ -190,7 +142,7 @@ class Trainer:
             raise CheckpointError(f"{path} holds an optimiser state this version cannot continue ({exc}); "
                                   "start the run again with another --out") from None
         self.scheduler.load_state_dict(state["scheduler"])
-        self.state = state["loop"]
+        self.run.state = state["loop"]
         torch_rng = state["rng"]["torch"]
         torch_rng = torch_rng if isinstance(torch_rng, list) else [torch_rng]  # older checkpoints: one state
         torch.set_rng_state(torch_rng[self.rank if self.rank < len(torch_rng) else 0].cpu())
@@ -333,30 +285,6 @@ class Trainer:
         dist.all_reduce(flag)
         return bool(flag.item() > 0)
 
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self) -> dict[str, Any]:
-        """Evaluate the best checkpoint (chosen on validation), write metrics.json and plots."""
-        best = self.out_dir / "checkpoints" / "best.pt"
-        if self.state["best"] is not None and best.exists():  # written by this run's validation monitor
-            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
-        metrics = evaluate_model(self.model, self.dataset, self.device, self.config.eval.knn_k,
-                                 self.config.eval.probe_epochs)
-        metrics.update({
-            "dataset": self.dataset.name,
-            "method": self.config.to_dict()["method"],
-            "epochs": self.state["epoch"],
-            "best_epoch": self.state.get("best_epoch", self.state["epoch"]),
-            "train_samples": len(self.dataset.train),
-            "train_seconds": round(self.state["train_seconds"], 2),
-            "seed": self.config.seed,
-        })
-        (self.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        plots.training_curves(self.state["history"], self.out_dir / "curves.png")
-        if self.config.eval.embedding_map != "none":
-            plots.embedding_maps(self.model, self.dataset, self.objective.heads, self.device,
-                                 self.out_dir / "embeddings.png", self.config.eval)
-        return metrics
-
 
 def start_run(config: Config, out_dir: str | Path, *, progress: bool = True) -> Trainer:
     """A fresh run in ``out_dir`` (refuses to overwrite another run's checkpoints)."""
@@ -368,7 +296,7 @@ def start_run(config: Config, out_dir: str | Path, *, progress: bool = True) -> 
         out_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise ConfigError(f"--out {out_dir} is (or is inside) a file; give a directory for the run") from None
-    trainer = Trainer(config, out_dir, progress=progress)
+    trainer = Trainer(build_run(config, out_dir, progress=progress), progress=progress)
     if trainer.is_main:
         save_config(config, out_dir / "config.yaml")
     return trainer
@@ -379,7 +307,7 @@ def resume_run(out_dir: str | Path, *, progress: bool = True) -> Trainer:
     out_dir = Path(out_dir)
     if not (out_dir / "config.yaml").exists():
         raise CheckpointError(f"{out_dir} is not a run directory (no config.yaml); start one with mlcl train --out {out_dir}")
-    trainer = Trainer(load_config(out_dir / "config.yaml"), out_dir, progress=progress)
+    trainer = Trainer(build_run(load_config(out_dir / "config.yaml"), out_dir, progress=progress), progress=progress)
     trainer.restore(out_dir / "checkpoints" / "last.pt")
     world = trainer.state.get("world", 1)
     if world != trainer.world:  # train.batch_size is per process: another count changes the batch and schedule

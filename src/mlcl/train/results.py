@@ -1,0 +1,39 @@
+"""A trained run's results: ``metrics.json`` and plots."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mlcl.train import plots
+from mlcl.train.evaluation import evaluate_model
+from mlcl.train.run import Run
+
+
+def evaluate_run(run: Run) -> dict[str, Any]:
+    """Evaluate the run's model as loaded (usually its best checkpoint); write ``metrics.json`` and plots."""
+    config, state = run.config, run.state
+    metrics = evaluate_model(run.model, run.dataset, run.device, config.eval.knn_k, config.eval.probe_epochs)
+    metrics.update({
+        "dataset": run.dataset.name,
+        "method": config.to_dict()["method"],
+        "epochs": state["epoch"],
+        "best_epoch": state.get("best_epoch", state["epoch"]),
+        "train_samples": len(run.dataset.train),
+        "train_seconds": round(state["train_seconds"], 2),
+        "seed": config.seed,
+    })
+    (run.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    plots.training_curves(state["history"], run.out_dir / "curves.png")
+    if config.eval.embedding_map != "none":
+        plots.embedding_maps(run.model, run.dataset, run.heads, run.device, run.out_dir / "embeddings.png",
+                             config.eval)
+    return metrics
+
+
+def flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json`` -> ``{LEVEL: {...}, "consistency": {...}}`` (+ classifier top-1 for CE)."""
+    flat = {level: dict(values) for level, values in metrics.get("test", {}).items()}
+    for level, values in metrics.get("classifier", {}).items():
+        flat.setdefault(level, {})["classifier_top1"] = values["top1"]
+    return flat

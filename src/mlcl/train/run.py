@@ -1,0 +1,177 @@
+"""A run: the config, data, objective and model that training optimises and evaluation reads.
+
+:func:`build_run` assembles a run from a config (checking that the encoder can read the data);
+:func:`load_run` rebuilds a saved run from its directory and loads its weights. Which checkpoint
+``"best"`` means is decided in one place, :func:`checkpoint_path`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from mlcl.data.types import Dataset
+from mlcl.errors import CheckpointError, ConfigError
+from mlcl.models.encoders import build_encoder
+from mlcl.models.heads import MultiHeadProjector
+from mlcl.models.model import MultiLevelModel
+from mlcl.train.checkpoint import load_checkpoint
+from mlcl.train.config import IMAGE_ENCODERS, TEXT_ENCODERS, Config, load_config
+from mlcl.train.data_setup import frozen_text_options, load_data, prepare_dataset, uses_frozen_text_encoder
+from mlcl.train.methods import Head, Objective
+from mlcl.train.runtime import configure_threads, init_distributed, resolve_device, seed_everything
+
+Checkpoint = Literal["best", "last"]
+
+
+def new_loop_state(world: int = 1) -> dict[str, Any]:
+    """The training loop's record of a run that has not trained yet (saved as a checkpoint's ``loop``)."""
+    return {"epoch": 0, "step": 0, "global_step": 0, "history": [], "best": None, "epoch_sums": {},
+            "train_seconds": 0.0, "world": world}
+
+
+@dataclass
+class Run:
+    """One configured run. ``state`` is the training loop's record (epochs done, history, best score);
+    ``out_dir`` holds its config, checkpoints and results (None for a run that is never saved)."""
+
+    config: Config
+    dataset: Dataset
+    objective: Objective
+    model: MultiLevelModel
+    device: torch.device
+    out_dir: Path | None = None
+    rank: int = 0
+    world: int = 1
+    state: dict[str, Any] = field(default_factory=new_loop_state)
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the run's files (rank 0)."""
+        return self.rank == 0
+
+    @property
+    def heads(self) -> list[Head]:
+        return self.objective.heads
+
+    def checkpoint_file(self, name: str) -> Path:
+        """``out_dir/checkpoints/NAME``."""
+        if self.out_dir is None:
+            raise CheckpointError("this run has no directory to hold checkpoints")
+        return self.out_dir / "checkpoints" / name
+
+    def load_weights(self, which: Checkpoint) -> Path:
+        """Load the model weights of this run's ``which`` checkpoint (see :func:`checkpoint_path`)."""
+        path = checkpoint_path(self, which)
+        self.model.load_state_dict(read_checkpoint(self, path)["model"])
+        return path
+
+
+def checkpoint_path(run: Run, which: Checkpoint) -> Path:
+    """``best.pt`` when asked for ``"best"`` and this run's validation monitor wrote one, else ``last.pt``.
+
+    A ``best.pt`` that the run's record does not know of (no best score) is never used.
+    """
+    best = run.checkpoint_file("best.pt")
+    if which == "best" and run.state.get("best") is not None and best.exists():
+        return best
+    return run.checkpoint_file("last.pt")
+
+
+def read_checkpoint(run: Run, path: Path) -> dict[str, Any]:
+    """A checkpoint of this run, refused when another config wrote it."""
+    state = load_checkpoint(path, map_location=run.device)
+    if state["config"] != run.config.to_dict():
+        raise CheckpointError(f"{path} was written by a different config than {run.out_dir / 'config.yaml'}")
+    return state
+
+
+def check_encoder(config: Config, dataset: Dataset) -> None:
+    """Refuse a ``model.encoder`` that cannot read the data's inputs (before any text is embedded)."""
+    encoder, modality = config.model.encoder, dataset.modality
+    if encoder in TEXT_ENCODERS and modality != "text":
+        raise ConfigError(f"model.encoder={encoder} reads text, but {dataset.name} gives {modality}; use "
+                          + ("small_cnn or resnet18" if modality == "image" else "mlp"))
+    if modality == "image" and encoder not in IMAGE_ENCODERS:
+        raise ConfigError(f"model.encoder={encoder} cannot read images; use one of {', '.join(IMAGE_ENCODERS)}")
+    if modality == "features" and encoder in IMAGE_ENCODERS:
+        raise ConfigError(f"model.encoder={encoder} needs images, but {dataset.name} gives feature vectors "
+                          "(or frozen text embeddings); use model.encoder=mlp")
+    if modality == "text" and encoder not in TEXT_ENCODERS:
+        raise ConfigError(f"{dataset.name} is text: use model.encoder=minilm (or hf), not {encoder}")
+
+
+def _with_data_size(options: dict[str, Any], key: str, value: int) -> dict[str, Any]:
+    """The encoder options plus the input size the data fixes (which the user must not set)."""
+    if key in options:
+        raise ConfigError(f"model.encoder_options.{key} is set from the data ({value} here); remove it")
+    return {**options, key: value}
+
+
+def build_model(config: Config, dataset: Dataset, objective: Objective) -> MultiLevelModel:
+    """Encoder for the data's modality, one projection head per objective head, optional classifiers.
+
+    ``dataset`` is the prepared one: a frozen text encoder's texts are already embeddings, read by an MLP.
+    """
+    model_cfg = config.model
+    options = dict(model_cfg.encoder_options)
+    if dataset.modality == "image":
+        options = _with_data_size(options, "in_channels", dataset.train.inputs.shape[1])
+        encoder = build_encoder(model_cfg.encoder, **options)
+    elif dataset.modality == "features":
+        if uses_frozen_text_encoder(config):  # the sentence encoder's options were used by prepare_dataset
+            options = frozen_text_options(model_cfg)[1]
+        encoder = build_encoder("mlp", **_with_data_size(options, "in_dim", dataset.train.inputs.shape[1]))
+    else:
+        encoder = build_encoder(model_cfg.encoder, **options)
+    projector = None
+    if objective.heads:
+        projector = MultiHeadProjector(
+            encoder.out_dim, len(objective.heads), hidden_dim=model_cfg.proj_hidden, out_dim=model_cfg.proj_dim,
+            depth=model_cfg.proj_depth, head_names=[h.name for h in objective.heads],
+        )
+    return MultiLevelModel(encoder, projector, classifiers=objective.classifier_levels)
+
+
+def build_run(config: Config, out_dir: str | Path | None = None, *, progress: bool = True) -> Run:
+    """A fresh run of ``config``: this process's rank and device, the prepared data, objective and model.
+
+    Joins the process group under torchrun, sets torch's threads and seeds everything from ``config.seed``
+    (before the data and the model's initial weights are drawn).
+    """
+    rank, local_rank, world = init_distributed(config.train.device)
+    device = resolve_device(config.train.device, local_rank)
+    configure_threads(config.train.threads)  # default: the cores shared out between local processes
+    seed_everything(config.seed)
+    dataset = load_data(config)
+    check_encoder(config, dataset)
+    dataset = prepare_dataset(dataset, config, progress=progress and rank == 0)  # one progress bar
+    if dataset.multi_label and (dataset.val is None or len(dataset.val) == 0):
+        raise ConfigError(
+            f"{dataset.name} is multi-label: its F1 thresholds are chosen on a validation split, and it has "
+            "none; give it one (data.options.val_fraction for a table, n_val for fashion-mnist-grid)"
+        )
+    objective = Objective(config.method, dataset, gather_distributed=world > 1).to(device)
+    model = build_model(config, dataset, objective).to(device)
+    return Run(config, dataset, objective, model, device, Path(out_dir) if out_dir is not None else None,
+               rank, world, new_loop_state(world))
+
+
+def load_run(run_dir: str | Path, checkpoint: Checkpoint = "best", *, progress: bool = False) -> Run:
+    """The saved run in ``run_dir`` with the weights of its ``checkpoint`` (``"best"``: see
+    :func:`checkpoint_path`) and the loop record of its last checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml); give the --out folder of an "
+                              "mlcl train run")
+    run = build_run(load_config(run_dir / "config.yaml"), run_dir, progress=progress)
+    last = read_checkpoint(run, run.checkpoint_file("last.pt"))
+    run.state = last["loop"]
+    run.objective.load_state_dict(last["objective"])
+    run.model.load_state_dict(last["model"])
+    if checkpoint_path(run, checkpoint) != run.checkpoint_file("last.pt"):
+        run.load_weights(checkpoint)
+    return run
