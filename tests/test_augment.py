@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlcl.data.augment import ImageAugment, make_views, mask_tokens
+from mlcl.data.augment import ImageAugment, make_views
+from mlcl.models.text import mask_tokens
 from mlcl.errors import ConfigError
 
 

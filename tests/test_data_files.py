@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from mlcl.data import fashion_mnist, grid, wordnet
-from mlcl.data.paths import find_data_file, stratified_split, urllib_download
+from mlcl.data.paths import find_data_file, urllib_download
+from mlcl.data.splits import stratified_split
 from mlcl.errors import DataError
 
 

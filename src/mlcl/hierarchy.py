@@ -15,15 +15,28 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mlcl.data.types import LabelLevel
 from mlcl.errors import DataError
 from mlcl.user_input import did_you_mean, read_utf8
 
 ParentMap = Mapping[str, "str | None"]
+
+
+@dataclass
+class LabelLevel:
+    """One level of a hierarchy, or one label group of a multi-label problem."""
+
+    name: str
+    classes: list[str]
+    multi_label: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
 
 def _default_level_names(num_levels: int) -> list[str]:

@@ -1,5 +1,5 @@
-"""Helpers for reading what a user typed or wrote: close-match suggestions, type checks of option
-values, and UTF-8 files."""
+"""Helpers for reading what a user typed or wrote: close-match suggestions, checks of option values
+and their types, and UTF-8 files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlcl.errors import DataError
+from mlcl.errors import ConfigError, DataError
 
 
 def did_you_mean(name: str, options: Iterable[str]) -> str:
@@ -31,6 +31,13 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     if not matches:
         return ""
     return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` if it is an int >= 1, else a :class:`ConfigError` naming ``name`` and the value."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 def fits_type(hint: Any, value: Any) -> tuple[bool, Any]:

@@ -6,7 +6,8 @@ are drawn on the generator's device and moved to the batch's device, so a CPU ge
 views whether the batch is on the CPU or a GPU.
 
 Images: :class:`ImageAugment` (random translation by pad + crop, horizontal flip, brightness / contrast
-jitter, Gaussian noise, random erasing) and :func:`make_views`. Text: :func:`mask_tokens`.
+jitter, Gaussian noise, random erasing) and :func:`make_views`. Text views mask tokens inside the
+text encoder (:func:`mlcl.models.text.mask_tokens`).
 """
 
 from __future__ import annotations
@@ -194,25 +195,3 @@ def make_views(
     batch, rest = x.shape[0], x.shape[1:]
     repeated = x.unsqueeze(1).expand(batch, n_views, *rest).reshape(batch * n_views, *rest)
     return augment(repeated, generator).view(batch, n_views, *rest)
-
-
-def mask_tokens(
-    input_ids: torch.Tensor,
-    rate: float,
-    mask_id: int,
-    generator: torch.Generator | None = None,
-    maskable: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """A copy of ``input_ids`` with each token replaced by ``mask_id`` with probability ``rate``.
-
-    A text view for contrastive learning. ``maskable`` (bool, same shape) limits masking to some
-    positions: pass ``attention_mask & ~special_tokens_mask`` to spare padding, [CLS] and [SEP].
-    """
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"mask rate must be in [0, 1], got {rate!r}")
-    hit = _uniform(tuple(input_ids.shape), generator, input_ids.device) < rate
-    if maskable is not None:
-        if maskable.shape != input_ids.shape:
-            raise ValueError(f"maskable has shape {tuple(maskable.shape)}, input_ids {tuple(input_ids.shape)}")
-        hit &= maskable.bool()
-    return input_ids.masked_fill(hit, mask_id)

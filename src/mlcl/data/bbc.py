@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mlcl.data.paths import fraction_split
+from mlcl.data.splits import fraction_split
 from mlcl.data.types import Dataset, LabeledSplit, LabelLevel
 from mlcl.errors import DataError
 

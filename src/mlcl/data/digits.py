@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mlcl.data.paths import fraction_split
+from mlcl.data.splits import fraction_split
 from mlcl.data.types import Dataset, LabeledSplit, LabelLevel
 
 NAME = "digits"

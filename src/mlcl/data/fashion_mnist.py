@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mlcl.data.paths import Downloader, find_data_file, offline, stratified_split, urllib_download
+from mlcl.data.paths import Downloader, find_data_file, offline, urllib_download
+from mlcl.data.splits import stratified_split
 from mlcl.data.types import Dataset, LabeledSplit, LabelLevel
 from mlcl.errors import DataError
 from mlcl.hierarchy import Hierarchy

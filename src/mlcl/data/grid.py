@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mlcl.data.fashion_mnist import CLASSES, COARSE_CLASSES, FINE2COARSE, IMAGE_SIZE, hierarchy, load_raw
-from mlcl.data.paths import stratified_split
+from mlcl.data.splits import stratified_split
 from mlcl.data.types import Dataset, LabeledSplit, LabelLevel
 from mlcl.errors import DataError
 

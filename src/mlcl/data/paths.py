@@ -4,8 +4,6 @@ Search order for a dataset ``name``: ``<data_dir>/<name>/``, ``<data_dir>/`` (``
 ``$MLCL_DATA_DIR``), the Debian package directories, then the download cache
 ``~/.cache/mlcl/<name>/`` (only when no data directory is set; otherwise downloads go to
 ``<data_dir>/<name>/``). Set ``MLCL_OFFLINE=1`` to never touch the network.
-
-Also holds :func:`stratified_split`, the deterministic split every built-in loader uses.
 """
 
 from __future__ import annotations
@@ -104,43 +102,3 @@ def find_data_file(
         f"install it with `apt-get install {package}` or put the file in ${DATA_DIR_ENV}/{dataset}/ "
         f"(set {DATA_DIR_ENV}=/path/to/data)"
     )
-
-
-def stratified_split(labels: torch.Tensor, sizes: Sequence[int], seed: int) -> list[torch.Tensor]:
-    """Split ``0..N-1`` into ``len(sizes) + 1`` index sets: the first ones of exactly ``sizes``, the last
-    the rest; each class is spread over the parts in proportion to its size. Deterministic for a seed.
-
-    Why: every loader needs reproducible, class-balanced train / val / test parts.
-    """
-    n = labels.shape[0]
-    if any(s < 0 for s in sizes) or sum(sizes) > n:
-        raise DataError(f"cannot split {n} samples into parts of sizes {list(sizes)}; expected sizes >= 0 "
-                        f"summing to at most {n}")
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=gen)
-    shuffled = labels[order]
-    # Rank of each sample within its class, as a fraction of the class size: sorting by that fraction
-    # interleaves the classes so that every prefix holds each class in proportion.
-    by_class = torch.argsort(shuffled, stable=True)
-    sorted_labels = shuffled[by_class]
-    _, counts = torch.unique_consecutive(sorted_labels, return_counts=True)
-    starts = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    rank = torch.arange(n) - starts
-    position = torch.empty(n, dtype=torch.float64)
-    position[by_class] = (rank.double() + 0.5) / torch.repeat_interleave(counts, counts).double()
-    interleaved = order[torch.argsort(position, stable=True)]
-    bounds = torch.cumsum(torch.tensor([0, *sizes]), 0).tolist()
-    bounds.append(n)
-    return [interleaved[a:b].sort().values for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def fraction_split(
-    labels: torch.Tensor, test_fraction: float, val_fraction: float, seed: int, dataset: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stratified, seeded ``(train, val, test)`` indices with the given test / validation fractions."""
-    if not (0 < test_fraction and 0 <= val_fraction and test_fraction + val_fraction < 1):
-        raise DataError(f"{dataset}: expected test_fraction > 0, val_fraction >= 0 and their sum < 1, got "
-                        f"test_fraction={test_fraction}, val_fraction={val_fraction}")
-    n = labels.shape[0]
-    test, val, train = stratified_split(labels, [round(test_fraction * n), round(val_fraction * n)], seed)
-    return train, val, test

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from fractions import Fraction
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 
 import torch
 
+from mlcl.data.splits import stratified_subset
 from mlcl.data.types import LabeledSplit, LabelLevel
 from mlcl.errors import DataError
 from mlcl.hierarchy import Hierarchy
@@ -48,22 +49,8 @@ def _generator(seed: int) -> torch.Generator:
 def _stratified(
     split: LabeledSplit, level: str, count: Callable[[int, int], int], seed: int
 ) -> LabeledSplit:
-    """Keep ``count(class_id, n_class)`` random rows of every class of ``level``, in the original order.
-
-    Rows without a label at ``level`` (-1) are dropped: they belong to no stratum.
-    """
-    labels = _single_label(split, level)
-    generator = _generator(seed)
-    keep = []
-    for c in torch.unique(labels[labels >= 0]).tolist():
-        rows = torch.nonzero(labels == c).flatten()
-        keep.append(rows[torch.randperm(len(rows), generator=generator)[: count(c, len(rows))]])
-    index = torch.cat(keep) if keep else torch.empty(0, dtype=torch.long)
-    if len(index) == 0 and not keep:
-        raise DataError(f"no sample kept: the split has no labelled rows at level {level!r} to draw from")
-    if len(index) == 0:
-        raise DataError(f"no sample kept: every class of level {level!r} rounds to 0 rows; use a larger fraction")
-    return split.subset(torch.sort(index).values)
+    """Keep ``count(class_id, n_class)`` random rows of every class of ``level``, in the original order."""
+    return split.subset(stratified_subset(_single_label(split, level), count, _generator(seed), level))
 
 
 def label_fraction(

@@ -1,29 +1,16 @@
-"""The contract between data loaders and the training code."""
+"""The contract between data loaders and the training code (:class:`LabelLevel` is defined with the
+hierarchy that produces it, in :mod:`mlcl.hierarchy`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 
-if TYPE_CHECKING:
-    from mlcl.hierarchy import Hierarchy
+from mlcl.hierarchy import Hierarchy, LabelLevel
 
 Modality = Literal["image", "features", "text"]
-
-
-@dataclass
-class LabelLevel:
-    """One level of a hierarchy, or one label group of a multi-label problem."""
-
-    name: str
-    classes: list[str]
-    multi_label: bool = False
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
 
 @dataclass
@@ -41,7 +28,7 @@ class LabeledSplit:
     def __len__(self) -> int:
         return len(self.inputs)
 
-    def subset(self, index: torch.Tensor) -> "LabeledSplit":
+    def subset(self, index: torch.Tensor) -> LabeledSplit:
         """The rows ``index`` (a 1-D long tensor) of every input and target."""
         if isinstance(self.inputs, list):
             inputs: torch.Tensor | list[str] = [self.inputs[i] for i in index.tolist()]
@@ -60,7 +47,7 @@ class Dataset:
     train: LabeledSplit
     test: LabeledSplit
     val: LabeledSplit | None = None
-    hierarchy: "Hierarchy | None" = None
+    hierarchy: Hierarchy | None = None
 
     @property
     def level_names(self) -> list[str]:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from mlcl.data.paths import find_data_file, fraction_split
+from mlcl.data.paths import find_data_file
+from mlcl.data.splits import fraction_split
 from mlcl.data.types import Dataset, LabeledSplit, LabelLevel
 from mlcl.errors import DataError
 from mlcl.hierarchy import Hierarchy

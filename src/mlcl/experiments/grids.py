@@ -33,7 +33,6 @@ experiment then uses, per (dataset, method), the setting with the best validatio
 
 from __future__ import annotations
 
-import difflib
 import math
 import shlex
 from collections import defaultdict
@@ -42,6 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlcl.errors import ConfigError
+from mlcl.train.config import Config, apply_overrides, config_from_dict
+from mlcl.user_input import did_you_mean
 
 STEP_BUDGET = 800  # Fashion-MNIST and WordNet; the grid's 56x56 canvases get 400
 MAX_EPOCHS = 400
@@ -220,9 +221,9 @@ def _dedupe(overrides: list[str]) -> list[str]:
 def cell_overrides(cell: Cell, tuned: TunedTable | None = None, extra: Iterable[str] = ()) -> list[str]:
     """The ``--set`` overrides (on top of the package defaults) that define this cell's run."""
     if cell.dataset not in DATASETS:
-        raise ConfigError(f"cell {cell.id}: unknown dataset {cell.dataset!r}{_suggest(cell.dataset, DATASETS)}")
+        raise ConfigError(f"cell {cell.id}: unknown dataset {cell.dataset!r}{did_you_mean(cell.dataset, DATASETS)}")
     if cell.base_method not in METHODS:
-        raise ConfigError(f"cell {cell.id}: unknown method {cell.base_method!r}{_suggest(cell.base_method, METHODS)}")
+        raise ConfigError(f"cell {cell.id}: unknown method {cell.base_method!r}{did_you_mean(cell.base_method, METHODS)}")
     hp = hparams_for(cell, tuned)
     out = [*DATASETS[cell.dataset].base, *_budget(cell), *METHODS[cell.base_method], f"train.lr={hp['lr']:g}"]
     if cell.base_method not in TEMPERATURE_FREE:
@@ -234,15 +235,11 @@ def cell_overrides(cell: Cell, tuned: TunedTable | None = None, extra: Iterable[
 
 def cell_config_dict(cell: Cell, tuned: TunedTable | None = None, extra: Iterable[str] = ()) -> dict[str, Any]:
     """The nested plain config of a cell (before validation)."""
-    from mlcl.train.config import apply_overrides
-
     return apply_overrides({}, cell_overrides(cell, tuned, extra))
 
 
-def cell_config(cell: Cell, tuned: TunedTable | None = None, extra: Iterable[str] = ()):
+def cell_config(cell: Cell, tuned: TunedTable | None = None, extra: Iterable[str] = ()) -> Config:
     """The validated :class:`mlcl.train.config.Config` of a cell."""
-    from mlcl.train.config import config_from_dict
-
     return config_from_dict(cell_config_dict(cell, tuned, extra))
 
 
@@ -266,11 +263,6 @@ def estimate_seconds(cell: Cell) -> float:
     if cell.kind == "transfer":
         seconds += 30.0
     return seconds
-
-
-def _suggest(name: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # ---------------------------------------------------------------------------- sweep results -> choice
@@ -479,7 +471,7 @@ ORDER = tuple(EXPERIMENTS)
 def get_experiment(name: str) -> Experiment:
     """The experiment called ``name``; ConfigError naming the valid ones otherwise."""
     if name not in EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {name!r}{_suggest(name, EXPERIMENTS)}; "
+        raise ConfigError(f"unknown experiment {name!r}{did_you_mean(name, EXPERIMENTS)}; "
                           f"experiments: {', '.join(EXPERIMENTS)} (or: list, report)")
     return EXPERIMENTS[name]()
 

@@ -7,20 +7,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
+
 from mlcl.experiments.tables import Stat, grouped, order_methods, stat
 
 
 def plot_lines(series: dict[str, list[tuple[float, Stat]]], path: Path, xlabel: str, ylabel: str, title: str,
                 logx: bool = False, extra: dict[str, list[tuple[float, Stat]]] | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     extra = extra or {}
     names = order_methods([*series, *(name.split(" ")[0] for name in extra)])
     colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))  # drawn without pyplot: no GUI backend, no global state
+    ax = fig.subplots()
     for method in order_methods(series):
         points = sorted(series[method])
         xs = [x for x, _ in points]
@@ -41,7 +39,6 @@ def plot_lines(series: dict[str, list[tuple[float, Stat]]], path: Path, xlabel: 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -8,6 +8,7 @@ the best baseline is listed, in words, under "Where MLCL loses".
 from __future__ import annotations
 
 import copy
+import json
 import datetime as _dt
 import os
 from collections import defaultdict
@@ -366,8 +367,6 @@ def _config_key(config: dict[str, Any] | None) -> str:
     config.get("data", {}).pop("noise", None)
     for key in ("threads", "device"):
         config.get("train", {}).pop(key, None)
-    import json
-
     return json.dumps(config, sort_keys=True)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from mlcl.errors import ConfigError
 from mlcl.user_input import did_you_mean
-from mlcl.models.heads import check_positive_int
+from mlcl.user_input import check_positive_int
 from mlcl.models.text import HFTextEncoder, MiniLMEncoder
 
 

@@ -14,13 +14,7 @@ import torch
 from torch import nn
 
 from mlcl.errors import ConfigError
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """``value`` if it is an int >= 1, else a :class:`ConfigError` naming ``name`` and the value."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
+from mlcl.user_input import check_positive_int
 
 
 def _layer_dims(in_dim: int, hidden_dim: int, out_dim: int, depth: int) -> list[int]:

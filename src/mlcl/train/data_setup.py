@@ -12,16 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from mlcl.data.image_folder import load_image_folder
-from mlcl.data.paths import fraction_split
 from mlcl.data.protocols import add_label_noise, k_shot, label_fraction
 from mlcl.data.registry import load_dataset
+from mlcl.data.splits import fraction_split
 from mlcl.data.tabular import load_table
 from mlcl.data.types import Dataset, LabelLevel
+from mlcl.distributed import rank_and_world
 from mlcl.errors import ConfigError, DataError
 from mlcl.hierarchy import Hierarchy
+from mlcl.models.encoders import build_encoder
+from mlcl.models.text import CachedTextEmbeddings
 from mlcl.train.config import TEXT_ENCODERS, Config, DataConfig, ModelConfig
 from mlcl.train.runtime import barrier
 from mlcl.user_input import check_options, did_you_mean, fits_type
@@ -114,9 +116,6 @@ def frozen_text_embedder(model: ModelConfig | None = None, progress: bool = True
     """The run's frozen sentence encoder (MiniLM by default, or ``model.encoder=hf``) behind a cache:
     each distinct text list is embedded once and kept on disk (``$MLCL_CACHE_DIR``, default
     ``~/.cache/mlcl/embeddings``)."""
-    from mlcl.models.encoders import build_encoder
-    from mlcl.models.text import CachedTextEmbeddings  # heavy import: only for text runs
-
     encoder = None  # MiniLM with its defaults: loaded only when a text list is not in the cache
     if model is not None:
         text_options = frozen_text_options(model)[0]
@@ -135,7 +134,7 @@ def embed_text_splits(dataset: Dataset, model: ModelConfig | None = None, progre
     In a distributed run rank 0 embeds first and fills the disk cache, which the other ranks of this
     machine then read instead of running the encoder at the same time.
     """
-    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    rank = rank_and_world()[0]
     embed = frozen_text_embedder(model, progress and rank == 0)  # a config error stops every rank here
     if rank != 0:
         barrier()

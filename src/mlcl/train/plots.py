@@ -6,16 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import torch
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
-
-from mlcl.data.types import Dataset  # noqa: E402
-from mlcl.train.config import EvalConfig  # noqa: E402
-from mlcl.train.evaluation import extract  # noqa: E402
+from mlcl.data.types import Dataset
+from mlcl.train.config import EvalConfig
+from mlcl.train.evaluation import extract
 
 
 def training_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -25,7 +23,8 @@ def training_curves(history: list[dict[str, Any]], path: Path) -> None:
     epochs = [record["epoch"] for record in history]
     loss_keys = [k for k in history[0] if k == "loss" or k.startswith(("loss_", "ce_"))]
     has_val = any("val_knn" in record for record in history)
-    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(11 if has_val else 6, 4), squeeze=False)
+    fig = Figure(figsize=(11 if has_val else 6, 4))  # drawn without pyplot: no GUI backend, no global state
+    axes = fig.subplots(1, 2 if has_val else 1, squeeze=False)
     for key in loss_keys:
         label = "total (weighted sum)" if key == "loss" else key.replace("loss_", "head ").replace("ce_", "classifier ")
         axes[0, 0].plot(epochs, [record.get(key, float("nan")) for record in history], marker="o", label=label)
@@ -39,7 +38,6 @@ def training_curves(history: list[dict[str, Any]], path: Path) -> None:
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _colour_labels(dataset: Dataset, level_name: str | None, index: torch.Tensor) -> tuple[torch.Tensor, str, list[str]]:
@@ -60,7 +58,8 @@ def embedding_maps(model: torch.nn.Module, dataset: Dataset, heads: list, device
     if heads:
         projections = extract(model, subset.inputs, device, what="projections")
         panels += [(f"head {h.name}", projections[i], h.level.name if h.level else None) for i, h in enumerate(heads)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(panels), 4.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, points, level_name) in zip(axes[0], panels):
         points = torch.nn.functional.normalize(points, dim=1).numpy()
         if config.embedding_map == "tsne":
@@ -68,7 +67,7 @@ def embedding_maps(model: torch.nn.Module, dataset: Dataset, heads: list, device
         else:
             xy = PCA(n_components=2, random_state=0).fit_transform(points)
         colours, label_name, classes = _colour_labels(dataset, level_name, index)
-        cmap = plt.get_cmap("tab20")
+        cmap = matplotlib.colormaps["tab20"]
         for class_id in colours.unique().tolist():
             if class_id < 0:
                 continue
@@ -82,4 +81,3 @@ def embedding_maps(model: torch.nn.Module, dataset: Dataset, heads: list, device
     fig.suptitle(f"{dataset.name}: test embeddings ({config.embedding_map.upper()})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
