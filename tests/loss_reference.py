@@ -1,4 +1,4 @@
-"""Brute-force per-pair reference of DESIGN.md's loss, written as literally as the formula reads."""
+"""Brute-force per-pair reference of the multi-level loss (docs/loss.md), written as literally as the formulas read."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ For every head h and anchor row i (a view of a sample), with key rows j != i:
 
     ℓ_i = logsumexp_j(β_h <ẑ_i, ẑ_j>)  −  β_h <ẑ_i, Σ_j w_ij ẑ_j> / Σ_j w_ij          (β_h = 1 / τ_h)
 
-which is DESIGN.md's ``− Σ_j w_ij logp_ij / Σ_j w_ij``. Two facts make it fast:
+which is docs/loss.md's ``− Σ_j w_ij logp_ij / Σ_j w_ij``. Two facts make it fast:
 
 * the positive term is linear in ẑ, so ``Σ_j w_ij ẑ_j`` comes from group or sample sums (a relation
   operator, below) in O(H·n·D) or O(H·B²·D) work, never from an (H, n, n) weight matrix;

@@ -3,7 +3,7 @@
 
 Levels are ordered coarse -> fine as everywhere in mlcl (l = 0 … L−1); labels are ``(B, L)``, ``-1`` =
 unknown at that level (no anchor there and nobody's positive there). For each level, L_l is the SupCon
-loss (DESIGN.md's form, every view an anchor) whose positives share the label at level l:
+loss (docs/loss.md's form, every view an anchor) whose positives share the label at level l:
 
     hmc  :  (1/L) Σ_l λ_l · L_l
     hce  :  (1/L) Σ_l L̂_l            L̂_l = max(L_l, L̂_{l+1}) = max_{l' ≥ l} L_{l'}   (finer levels)

@@ -26,7 +26,7 @@ def multilevel_supcon(
     gather_distributed: bool = False,
     block_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(L, L_h)``: the weighted sum over heads and the per-head losses (DESIGN.md, "The loss").
+    """``(L, L_h)``: the weighted sum over heads and the per-head losses (docs/loss.md).
 
     ``z`` is ``(H, B, V, D)``; ``relation`` is class labels ``(B, H)`` or positive weights
     ``(H, B, B)`` (with ``gather_distributed``: ``(H, B, W·B)``, rows = this rank's samples, columns =
