@@ -20,9 +20,8 @@ MAX_EPOCHS)`` with ``steps_per_epoch = floor(n_train / batch)`` (so the smallest
 at ``MAX_EPOCHS`` epochs); the learning rate warms up over the first 10 % of the epochs and decays by
 cosine; the validation kNN monitor (which picks the best checkpoint) runs ``MONITOR_CHECKS`` times per
 run. Cross-entropy sees one view per sample, the contrastive methods two. Every run uses one CPU thread
-(``train.threads=1``): on 2 cores shared with other jobs, two torch threads made a step 10-40x slower
-(0.6-1.0 s instead of 0.05 s for a Fashion-MNIST step), and one thread per runner also lets two runners
-work side by side on disjoint ``--cells``.
+(``train.threads=1``; why: docs/measurements.md), which also lets two runners work side by side on
+disjoint ``--cells``.
 
 Tuning (identical for every method): a shared sweep of learning rate x temperature (learning rate only
 for cross-entropy, which has no temperature) at label fraction 0.1, seed 0, scored on the validation
@@ -66,7 +65,7 @@ class DatasetSetup:
     batch_size: int
     base: tuple[str, ...]
     score: tuple[str, str]  # (level, metric) the sweep maximises on validation, and the headline metric
-    seconds_per_step: float  # measured with one thread on a shared 2-core machine, two views (ETAs only)
+    seconds_per_step: float  # one thread, two views (ETAs only; how measured: docs/measurements.md)
     seconds_overhead: float  # data set-up, validation checks, final probes (ETAs only)
     steps: int = STEP_BUDGET  # optimiser steps per run, every method and fraction
 
@@ -435,7 +434,7 @@ def _long_budget() -> Experiment:
 
 
 WIDE_WIDTH = 48  # SmallCNN channels 48-96-192 instead of 16-32-64
-WIDE_STEP_COST = 4.5  # measured: forward + backward of a 512-batch, one thread, width 48 vs 16
+WIDE_STEP_COST = 4.5  # a width-48 step in width-16 steps (ETAs only; docs/measurements.md)
 
 
 def _wide_encoder() -> Experiment:

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from mlcl.errors import ConfigError
-from mlcl.user_input import did_you_mean
-from mlcl.user_input import check_positive_int
 from mlcl.models.text import HFTextEncoder, MiniLMEncoder
+from mlcl.user_input import check_positive_int, did_you_mean
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
@@ -30,8 +29,7 @@ class SmallCNN(nn.Module):
 
     Three stride-2 conv-BN-ReLU blocks of ``width``, ``2 * width``, ``4 * width`` channels (28 -> 14 -> 7
     -> 4), global average pooling, then a Linear to ``out_dim``. Built for CPU: no block runs at full
-    resolution. A fourth, stride-1 block at 14x14 cost twice the time (forward + backward of a
-    256-batch: ~45 ms vs ~25 ms on 2 cores) for no gain in a 2-epoch Fashion-MNIST check (87.9% vs 88.3%).
+    resolution (a fourth block at 14x14 doubled the step time for no gain: docs/measurements.md).
     """
 
     def __init__(self, in_channels: int = 1, width: int = 32, out_dim: int = 128) -> None:
