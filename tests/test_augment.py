@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from mlcl.data.augment import ImageAugment, make_views
-from mlcl.models.text import mask_tokens
 from mlcl.errors import ConfigError
+from mlcl.models.text import mask_tokens
 
 
 def _images(batch: int = 16, channels: int = 2, size: int = 12, seed: int = 0) -> torch.Tensor:

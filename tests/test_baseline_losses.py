@@ -197,7 +197,7 @@ def test_a_level_without_anchors_contributes_zero_and_the_max_passes_through():
     labels[:, 1] = -1
     for mode in ("hmc", "hce", "hmce"):
         loss_fn = HiMulConLoss(temperature=0.4, mode=mode)
-        value, grad = value_and_grad(lambda x: loss_fn(x, labels), z)
+        value, grad = value_and_grad(lambda x: loss_fn(x, labels), z)  # noqa: B023 (called here)
         assert torch.isfinite(value) and torch.isfinite(grad).all()
         assert loss_fn.last_level_losses[1] == 0
         ref = reference_himulcon(z, labels, 0.4, mode, default_level_penalty(3))
@@ -291,7 +291,7 @@ def test_triplet_unlabelled_are_negatives_only_and_degenerate_batches_give_zero(
     without = BatchHardTripletLoss(margin=0.1)(z[:2], torch.tensor([0, 0]))
     assert with_unlabelled > 0 and without == 0
     for labels in (torch.tensor([0, 1, 2]), torch.tensor([-1, -1, -1]), torch.tensor([3, 3, 3])):
-        value, grad = value_and_grad(lambda x: BatchHardTripletLoss()(x, labels), z)
+        value, grad = value_and_grad(lambda x: BatchHardTripletLoss()(x, labels), z)  # noqa: B023 (called here)
         assert value == 0 and torch.count_nonzero(grad) == 0
     equal = torch.ones(4, 2, 3)
     value, grad = value_and_grad(lambda x: BatchHardTripletLoss()(x, torch.tensor([0, 0, 1, 1])), equal)
@@ -357,7 +357,7 @@ def test_no_anchor_at_all_gives_exactly_zero():
         (MulSupConLoss(), torch.zeros(4, 3, dtype=torch.long)),
         (MulSupConLoss(), torch.eye(4, dtype=torch.long)),
     ):
-        value, grad = value_and_grad(lambda x: loss(x, labels), z)
+        value, grad = value_and_grad(lambda x: loss(x, labels), z)  # noqa: B023 (called here)
         assert value.item() == 0.0 and torch.count_nonzero(grad) == 0
 
 

@@ -82,7 +82,8 @@ def test_wordnet_nouns_real_file():
     print(f"\nwordnet-nouns depth 5: {coarse.num_classes} coarse / {fine.num_classes} fine, "
           f"{sizes.sum()} synsets ({len(data.train)}/{len(data.val)}/{len(data.test)}), "
           f"class sizes {sizes.min()}..{sizes.max()}")
-    assert 20 <= coarse.num_classes <= 24 and 140 <= fine.num_classes <= 170  # about 22 coarse / 156 fine classes at depth 5
+    # about 22 coarse / 156 fine classes at depth 5
+    assert 20 <= coarse.num_classes <= 24 and 140 <= fine.num_classes <= 170
     assert len(sizes) == fine.num_classes and sizes.min() >= 50
     parent = data.hierarchy.parent_index("fine")
     assert parent.shape == (fine.num_classes,)

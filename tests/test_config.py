@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import QUICKSTART
 
 from mlcl.errors import ConfigError
 from mlcl.train.config import Config, apply_overrides, config_from_dict, load_config, parse_override, save_config
@@ -15,7 +16,7 @@ def test_defaults_validate_and_round_trip(tmp_path):
 
 
 def test_quickstart_config_loads():
-    config = load_config("configs/quickstart.yaml")
+    config = load_config(QUICKSTART)
     assert config.method.name == "mlcl" and config.method.heads == ["coarse", "fine"]
 
 

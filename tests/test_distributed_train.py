@@ -2,15 +2,9 @@
 
 A 2-process run at ``train.batch_size=b`` computes the steps of a 1-process run at ``2b`` (global-batch
 BatchNorm, rank-sliced augmentation, the loss gathering all ranks' keys), so its per-epoch losses agree
-up to float rounding; it writes the same files, from rank 0 only; an interrupted run resumes to the
-same weights; and a failing or killed rank stops the run with one line instead of a hang.
-
-Tolerance for the losses: the 2-process run sums in another order (convolutions over b rows instead of
-2b, gradients and BatchNorm statistics combined across ranks), about 1e-7 relative per step, and SGD
-amplifies such differences over the steps. On this config the per-epoch losses agree to 2e-8, 2e-6 and
-5e-6 (epochs 1-3); a 1-process run with the learning rate nudged by a factor 1 + 1e-6 is off by up to
-3e-4 (the amplification, see benchmarks/distributed_train.py), and 2 processes with per-rank BatchNorm
-by 3e-3 to 1e-2. 1e-4 leaves a margin of 20 above the first and catches the last.
+up to float rounding (LOSS_RTOL; why 1e-4: docs/measurements.md); it writes the same files, from rank 0
+only; an interrupted run resumes to the same weights; and a failing or killed rank stops the run with one
+line instead of a hang. The tests that start processes are ``slow``.
 """
 
 from __future__ import annotations
@@ -19,23 +13,20 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import EXAMPLES, cli, needs_fashion
+from conftest import train_args as quickstart_args
 
 from mlcl.cli import main
 from mlcl.data.augment import ImageAugment, make_views
-from mlcl.data.fashion_mnist import is_available as fashion_available
 from mlcl.train import ddp, launch, runtime
 from mlcl.train.checkpoint import load_checkpoint
 from mlcl.train.config import AugmentConfig
 from mlcl.train.views import ViewMaker
-
-ROOT = Path(__file__).resolve().parents[1]
-needs_fashion = pytest.mark.skipif(not fashion_available()[0], reason="needs: apt-get install dataset-fashion-mnist")
 
 PER_RANK = 32  # train.batch_size of each of the 2 processes; the 1-process run uses 2 * PER_RANK
 SMALL = [
@@ -48,14 +39,7 @@ TIMEOUT_S = 180  # no test waits longer for a run: a hang fails instead of block
 
 
 def train_args(out: Path, batch: int, *extra: str) -> list[str]:
-    return ["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--quiet",
-            *sum((["--set", o] for o in [*SMALL, f"train.batch_size={batch}", *extra]), [])]
-
-
-def cli(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "mlcl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=ROOT)
+    return quickstart_args(out, *SMALL, f"train.batch_size={batch}", *extra)
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str, str]:
@@ -90,6 +74,7 @@ def runs(tmp_path_factory):
     return base / "one", base / "two", stdout, stderr
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_two_processes_write_the_files_of_one_from_rank_0_only(runs):
     one, two, stdout, stderr = runs
@@ -105,6 +90,7 @@ def test_two_processes_write_the_files_of_one_from_rank_0_only(runs):
     assert len(load_checkpoint(one / "checkpoints" / "last.pt")["rng"]["torch"]) == 1
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_two_processes_train_like_one_process_at_the_same_global_batch(runs):
     one, two, _, _ = runs
@@ -115,6 +101,7 @@ def test_two_processes_train_like_one_process_at_the_same_global_batch(runs):
             assert float(b[key]) == pytest.approx(float(a[key]), rel=LOSS_RTOL), (a["epoch"], key)
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_an_interrupted_two_process_run_resumes_to_the_same_weights(runs, tmp_path, capsys):
     _, reference, _, _ = runs
@@ -143,18 +130,18 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_weights(runs, tmp_pa
     assert [r["loss"] for r in log_rows(run)] == [r["loss"] for r in log_rows(reference)]
 
 
+@pytest.mark.slow
 def test_two_processes_train_a_frozen_text_run_like_one_process(tmp_path, tiny_model_dir, monkeypatch):
     # Rank 0 embeds the texts and fills the disk cache; rank 1 reads it. The MLP then trains on the
     # global batch exactly as one process does.
     monkeypatch.setenv("MLCL_CACHE_DIR", str(tmp_path / "cache"))
     def args(out: Path, batch: int) -> list[str]:
-        text = ["data.name=table", f"data.path={ROOT / 'examples' / 'tiny_hierarchy.csv'}",
+        text = ["data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
                 "data.options={input: text, levels: [coarse, fine], test_fraction: 0.34, val_fraction: 0.0}",
                 "model.encoder=hf", f"model.encoder_options={{model_name_or_path: {tiny_model_dir}, hidden: [16], "
                 "out_dim: 8}", "model.proj_hidden=16", "model.proj_dim=8", "train.epochs=3",
                 f"train.batch_size={batch}", "eval.embedding_map=none", "train.monitor_train_samples=8", "eval.knn_k=2"]
-        return ["train", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--out", str(out), "--quiet",
-                *sum((["--set", o] for o in text), [])]
+        return quickstart_args(out, *text)
 
     two = cli(*args(tmp_path / "two", 2), "--nproc", "2")
     assert main(args(tmp_path / "one", 4)) == 0
@@ -167,20 +154,21 @@ def test_two_processes_train_a_frozen_text_run_like_one_process(tmp_path, tiny_m
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test split, embedded once each
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_a_rank_that_fails_stops_the_others_with_one_line(tmp_path):
     # A real rank-0-only failure: rank 0 alone writes log.csv, here a directory. Rank 1 waits for rank 0
     # at the end of the epoch and must not hang there.
     run = tmp_path / "run"
     (run / "log.csv").mkdir(parents=True)
-    started = time.time()
-    code, _, stderr = finish(cli(*train_args(run, PER_RANK), "--nproc", "2"))
+    code, _, stderr = finish(cli(*train_args(run, PER_RANK), "--nproc", "2"))  # a hang fails at TIMEOUT_S
     assert code == 1
     lines = [line for line in stderr.splitlines() if line.startswith("mlcl:")]
     assert len(lines) == 1 and lines[0].startswith("mlcl: error: rank 0 failed with IsADirectoryError"), stderr
     assert "[rank1]" not in stderr  # rank 1 only lost its peer: it says nothing
     assert "[rank0]: IsADirectoryError" in stderr  # the failing rank's traceback is shown
-    assert time.time() - started < 90
+    # Rank 1 stopped at the end of epoch 1 with rank 0, instead of training on alone.
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["loop"]["epoch"] == 1
 
 
 def worker_with_rank(launcher: int, rank: int) -> int:
@@ -198,8 +186,9 @@ def worker_with_rank(launcher: int, rank: int) -> int:
     return found[0]
 
 
+@pytest.mark.slow
 @needs_fashion
-def test_a_killed_rank_stops_the_run_within_seconds(tmp_path):
+def test_a_killed_rank_stops_the_run(tmp_path):
     if not Path("/proc/self/environ").exists():
         pytest.skip("finds the worker processes through /proc")
     run = tmp_path / "run"
@@ -207,9 +196,10 @@ def test_a_killed_rank_stops_the_run_within_seconds(tmp_path):
     try:
         wait_for(run / "log.csv", process)
         os.kill(worker_with_rank(process.pid, 1), signal.SIGKILL)  # as the out-of-memory killer would
-        killed = time.time()
-        code, _, stderr = finish(process)
-        assert time.time() - killed < 60
+        epochs_at_kill = len(log_rows(run))
+        code, _, stderr = finish(process)  # a hang fails at TIMEOUT_S
+        # Rank 0 stops at its next collective: at most the epoch under way is finished, not the 50.
+        assert len(log_rows(run)) <= epochs_at_kill + 1
     finally:
         if process.poll() is None:  # the launcher stops its workers on SIGTERM
             process.terminate()
@@ -220,6 +210,7 @@ def test_a_killed_rank_stops_the_run_within_seconds(tmp_path):
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_a_user_error_on_every_rank_is_one_line(tmp_path):
     code, _, stderr = finish(cli(*train_args(tmp_path / "run", 300), "--nproc", "2"))

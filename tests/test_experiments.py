@@ -9,19 +9,18 @@ from collections import defaultdict
 
 import pytest
 import torch
+from conftest import QUICKSTART, needs_fashion
 
-from mlcl.data.fashion_mnist import is_available as fashion_available
 from mlcl.errors import ConfigError
 from mlcl.experiments import grids
 from mlcl.experiments.cli import add_experiment_parser, cmd_experiment
+from mlcl.experiments.convergence import record_epochs
 from mlcl.experiments.grids import Cell, Experiment
 from mlcl.experiments.report import write_report
-from mlcl.experiments.tables import compare, fmt_stat, stat
 from mlcl.experiments.runner import COMMON_KEYS, REQUIRED_KEYS, RunOptions, append_line, read_lines, run_experiment
+from mlcl.experiments.tables import compare, fmt_stat, stat
 from mlcl.train.config import load_config
 from mlcl.train.loop import start_run
-
-needs_fashion = pytest.mark.skipif(not fashion_available()[0], reason="needs: apt-get install dataset-fashion-mnist")
 
 TINY = (
     "data.options.limit_train=300", "data.options.val_size=200", "data.options.limit_test=300",
@@ -37,6 +36,7 @@ def _tiny_experiment() -> Experiment:
     ))
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_tiny_grid_writes_the_schema_and_resumes(tmp_path):
     messages: list[str] = []
@@ -230,12 +230,10 @@ def test_unknown_experiment_names_the_valid_ones():
         grids.get_experiment("limited-date")
 
 
+@pytest.mark.slow
+@needs_fashion
 def test_convergence_snapshots_every_epoch_of_a_real_run(tmp_path):
-    from mlcl.experiments.convergence import record_epochs
-    from mlcl.train.config import load_config
-    from mlcl.train.loop import start_run
-
-    config = load_config("configs/quickstart.yaml", [
+    config = load_config(QUICKSTART, [
         "train.epochs=2", "data.options.limit_train=256", "data.options.val_size=64", "data.options.limit_test=64",
         "train.batch_size=64", "model.encoder_options.width=4", "model.proj_hidden=8", "model.proj_dim=4",
         "eval.embedding_map=none", "train.threads=1",

@@ -110,7 +110,8 @@ def test_from_level_columns_builds_and_rejects_two_parents() -> None:
     rows = [["mammal", "cat"], ["bird", "eagle"], ["mammal", "dog"], ["mammal", "cat"]]
     h = Hierarchy.from_level_columns(rows, ["coarse", "fine"])
     assert h == Hierarchy.from_parents(ANIMALS)
-    with pytest.raises(DataError, match=r"'cat' \(level 'fine'\) has two parents: 'mammal' \(path 1\) and 'bird' \(path 3\)"):
+    message = r"'cat' \(level 'fine'\) has two parents: 'mammal' \(path 1\) and 'bird' \(path 3\)"
+    with pytest.raises(DataError, match=message):
         Hierarchy.from_level_columns([["mammal", "cat"], ["bird", "eagle"], ["bird", "cat"]], ["coarse", "fine"])
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
-from mlcl.data.image_folder import load_image_folder  # noqa: E402
-from mlcl.errors import DataError  # noqa: E402
+from mlcl.data.image_folder import load_image_folder
+from mlcl.errors import DataError
 
 TREE = {"animal": {"dog": 2, "cat": 1}, "vehicle": {"car": 2}}
 

@@ -205,7 +205,8 @@ def test_relations_builders():
     [
         (lambda: MultiLevelSupConLoss([0.1, 0.1])(torch.randn(2, 4, 8), torch.zeros(4, 2, dtype=torch.long)), "shape"),
         (lambda: MultiLevelSupConLoss([0.1])(torch.randn(2, 4, 2, 8), torch.zeros(4, 2, dtype=torch.long)), "heads"),
-        (lambda: MultiLevelSupConLoss([0.1, 0.1])(torch.randn(2, 4, 2, 8), torch.zeros(4, 3, dtype=torch.long)), r"\(4, 2\)"),
+        (lambda: MultiLevelSupConLoss([0.1, 0.1])(torch.randn(2, 4, 2, 8), torch.zeros(4, 3, dtype=torch.long)),
+         r"\(4, 2\)"),
         (lambda: MultiLevelSupConLoss([0.1, 0.1])(torch.randn(2, 4, 2, 8), torch.zeros(3, 4, 4)), r"\(2, 4, 4\)"),
         (lambda: MultiLevelSupConLoss([0.1, -0.2]), "> 0"),
         (lambda: MultiLevelSupConLoss([0.1, 0.0]), "> 0"),
@@ -213,8 +214,10 @@ def test_relations_builders():
         (lambda: MultiLevelSupConLoss([0.1, 0.1], [1.0, -1.0]), ">= 0"),
         (lambda: MultiLevelSupConLoss([0.1])(torch.randn(1, 4, 2, 8), torch.tensor([[0], [-2], [1], [1]])), ">= -1"),
         (lambda: MultiLevelSupConLoss([0.1])(torch.randn(1, 4, 2, 8), torch.full((1, 4, 4), 1.5)), r"\[0, 1\]"),
-        (lambda: MultiLevelSupConLoss([0.1])(torch.randn(1, 4, 2, 8), torch.zeros(1, 4, 4), torch.ones(4, dtype=torch.bool)), "anchor_mask"),
-        (lambda: MultiLevelSupConLoss([0.1])(torch.zeros(1, 4, 2, 8, dtype=torch.long), torch.zeros(4, 1, dtype=torch.long)), "floating"),
+        (lambda: MultiLevelSupConLoss([0.1])(torch.randn(1, 4, 2, 8), torch.zeros(1, 4, 4),
+                                             torch.ones(4, dtype=torch.bool)), "anchor_mask"),
+        (lambda: MultiLevelSupConLoss([0.1])(torch.zeros(1, 4, 2, 8, dtype=torch.long),
+                                             torch.zeros(4, 1, dtype=torch.long)), "floating"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_problem(make_call, message):

@@ -33,7 +33,9 @@ JSON_SCALARS = st.one_of(
     st.none(), st.booleans(), st.integers(-(10**30), 10**30), st.floats(allow_nan=True, allow_infinity=True),
     NAMES, st.text(max_size=5),
 )
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(NAMES, inner, max_size=3), max_leaves=6)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(NAMES, inner, max_size=3), max_leaves=6
+)
 COLUMNS = st.sampled_from(["text", "coarse", "fine", "x1", "x2", "tags", "img"])
 
 
@@ -70,9 +72,11 @@ LOADS = [
 
 HEADER = ["text", "coarse", "fine", "x1", "x2", "tags", "img"]
 VALID_ROWS = [
-    {"text": "hello world", "coarse": "animal", "fine": "cat", "x1": "1.5", "x2": "-2", "tags": "a|b", "img": "img.png"},
+    {"text": "hello world", "coarse": "animal", "fine": "cat", "x1": "1.5", "x2": "-2", "tags": "a|b",
+     "img": "img.png"},
     {"text": "a rose", "coarse": "plant", "fine": "rose", "x1": "3", "x2": "0", "tags": "cat", "img": "img.png"},
-    {"text": "the dog", "coarse": "animal", "fine": "dog", "x1": "-1e3", "x2": "2.5", "tags": "b|cat", "img": "img.png"},
+    {"text": "the dog", "coarse": "animal", "fine": "dog", "x1": "-1e3", "x2": "2.5", "tags": "b|cat",
+     "img": "img.png"},
 ]
 CELLS = st.sampled_from(
     ["hello world", "a", "b", "cat", "dog", "animal", "plant", "1.5", "3", "a|b", "cat|dog", "img.png", "",
@@ -152,7 +156,8 @@ PARENT_MAPS = st.dictionaries(NAMES, st.one_of(st.none(), NAMES, JSON_SCALARS), 
 
 
 @FUZZ
-@given(parents=PARENT_MAPS, structured=st.booleans(), levels=st.one_of(st.none(), st.lists(NAMES, max_size=4), JSON_SCALARS),
+@given(parents=PARENT_MAPS, structured=st.booleans(),
+       levels=st.one_of(st.none(), st.lists(NAMES, max_size=4), JSON_SCALARS),
        extra=st.dictionaries(st.sampled_from(["classes", "pad", "other"]), JSON_VALUES, max_size=2),
        pad=st.booleans())
 def test_random_hierarchy_json(tmp_path: Path, parents, structured, levels, extra, pad) -> None:

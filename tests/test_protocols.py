@@ -172,7 +172,8 @@ def test_noise_determinism() -> None:
 
 def test_noise_leaves_unlabelled_rows() -> None:
     h = hierarchy()
-    split = LabeledSplit(torch.zeros(4, 1), {"fine": torch.tensor([-1, 0, 2, -1]), "coarse": torch.tensor([3, 0, 0, -1])})
+    targets = {"fine": torch.tensor([-1, 0, 2, -1]), "coarse": torch.tensor([3, 0, 0, -1])}
+    split = LabeledSplit(torch.zeros(4, 1), targets)
     noisy, flipped = add_label_noise(split, h, 1.0, seed=0)
     assert flipped.tolist() == [False, True, True, False]
     assert noisy.targets["fine"][[0, 3]].tolist() == [-1, -1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import QUICKSTART, ROOT, cli, needs_fashion
+from conftest import train_args as quickstart_args
 
 from mlcl.cli import main
-from mlcl.data.fashion_mnist import is_available as fashion_available
-from mlcl.errors import CheckpointError
+from mlcl.errors import CheckpointError, ConfigError
 from mlcl.train.checkpoint import load_checkpoint, save_checkpoint
-
-needs_fashion = pytest.mark.skipif(not fashion_available()[0], reason="needs: apt-get install dataset-fashion-mnist")
 
 SMALL = [
     "data.options.limit_train=1024", "data.options.val_size=200", "data.options.limit_test=300",
@@ -27,27 +25,21 @@ SMALL = [
 ]
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "mlcl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=cwd)
-
-
 def train_args(out: Path, *overrides: str) -> list[str]:
-    return ["train", "--config", "configs/quickstart.yaml", "--out", str(out), "--quiet",
-            *sum((["--set", o] for o in [*SMALL, *overrides]), [])]
+    return quickstart_args(out, *SMALL, *overrides)
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
 
 
+@pytest.mark.slow
 @needs_fashion
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_resumes_to_the_same_weights_and_metrics(tmp_path, signum):
     reference = tmp_path / "reference"
     assert subprocess.run([sys.executable, "-m", "mlcl", *train_args(reference, "train.epochs=3")],
-                          capture_output=True, text=True).returncode == 0
+                          capture_output=True, text=True, cwd=ROOT).returncode == 0
 
     interrupted = tmp_path / "interrupted"
     process = cli(*train_args(interrupted, "train.epochs=3"))
@@ -63,7 +55,7 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(tmp_path, signu
     assert state["epoch"] < 3  # it really stopped before the end
 
     resumed = subprocess.run([sys.executable, "-m", "mlcl", "train", "--resume", str(interrupted), "--quiet"],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr
     expected, actual = final_weights(reference), final_weights(interrupted)
     assert expected.keys() == actual.keys()
@@ -102,6 +94,7 @@ def test_corrupt_or_foreign_checkpoint_is_reported(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_resume_with_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     run = tmp_path / "run"
@@ -112,6 +105,7 @@ def test_resume_with_a_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     assert err.startswith("mlcl: error:") and "corrupt" in err and "\n" not in err
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path, capsys):
     run = tmp_path / "run"
@@ -138,7 +132,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_p
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
-    code = main(["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "r"), "--quiet",
+    code = main(["train", "--config", QUICKSTART, "--out", str(tmp_path / "r"), "--quiet",
                  "--set", "data.options.limit_train=500", *args])
     err = capsys.readouterr().err.strip()
     assert code == 2, err
@@ -161,17 +155,19 @@ def test_out_must_be_a_fresh_directory(tmp_path, capsys):
 def test_missing_config_and_missing_data_file_are_reported(tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    code = main(["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "r2"), "--set",
-                 "data.name=table", "--set", f"data.path={tmp_path / 'missing.csv'}", "--set", "data.options={input: text, levels: [coarse, fine]}"])
+    code = main(["train", "--config", QUICKSTART, "--out", str(tmp_path / "r2"), "--set",
+                 "data.name=table", "--set", f"data.path={tmp_path / 'missing.csv'}",
+                 "--set", "data.options={input: text, levels: [coarse, fine]}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "missing.csv" in err and "\n" not in err
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError):
         main(["--debug", "train", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "r")])
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_a_checkpoint_with_another_optimiser_layout_is_one_line(tmp_path, capsys):
     run = tmp_path / "run"

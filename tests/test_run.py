@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import QUICKSTART
 
 from mlcl.data.registry import load_dataset
 from mlcl.errors import CheckpointError, ConfigError
@@ -22,7 +23,7 @@ DIGITS = ["data.name=digits", "data.options={test_fraction: 0.2}", "method.heads
 
 
 def _trained(tmp_path):
-    trainer = start_run(load_config("configs/quickstart.yaml", DIGITS), tmp_path / "run", progress=False)
+    trainer = start_run(load_config(QUICKSTART, DIGITS), tmp_path / "run", progress=False)
     trainer.train()
     return trainer.run.out_dir
 
@@ -31,6 +32,7 @@ def _same_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> boo
     return all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_load_run_best_is_the_monitored_checkpoint_and_never_an_unknown_one(tmp_path):
     run_dir = _trained(tmp_path)
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
@@ -60,7 +62,7 @@ def test_load_run_refuses_what_is_not_a_run(tmp_path):
 
 def test_build_run_checks_the_encoder_against_the_data_before_building_anything():
     with pytest.raises(ConfigError, match="model.encoder=mlp cannot read images"):
-        build_run(load_config("configs/quickstart.yaml", [*DIGITS, "model.encoder=mlp"]))
+        build_run(load_config(QUICKSTART, [*DIGITS, "model.encoder=mlp"]))
 
 
 class _FinestSupCon(Method):
@@ -80,21 +82,21 @@ class _FinestSupCon(Method):
 
 def test_a_new_method_is_one_class_and_one_registry_line(monkeypatch):
     monkeypatch.setitem(METHODS, _FinestSupCon.name, _FinestSupCon)
-    config = load_config("configs/quickstart.yaml", [*DIGITS, "method.name=finest-supcon"])
+    config = load_config(QUICKSTART, [*DIGITS, "method.name=finest-supcon"])
     dataset = load_dataset("digits")
     torch.manual_seed(0)
     z = torch.randn(1, 32, 2, 8)
     targets = {name: t[:32] for name, t in dataset.train.targets.items()}
     mine = Objective(config.method, dataset)(z, {}, targets, 2)[0]
-    supcon = Objective(load_config("configs/quickstart.yaml", [*DIGITS, "method.name=supcon"]).method, dataset)
+    supcon = Objective(load_config(QUICKSTART, [*DIGITS, "method.name=supcon"]).method, dataset)
     assert torch.allclose(mine, supcon(z, {}, targets, 2)[0])
     with pytest.raises(ConfigError, match="must be one of"):
-        load_config("configs/quickstart.yaml", [*DIGITS, "method.name=finest-supcom"])
+        load_config(QUICKSTART, [*DIGITS, "method.name=finest-supcom"])
 
 
 def test_himulcon_level_penalty_is_an_injected_policy():
     dataset = load_dataset("fashion-mnist", limit_train=64, val_size=0, limit_test=8)
-    config = load_config("configs/quickstart.yaml", ["method.name=himulcon", "method.himulcon_mode=hmc",
+    config = load_config(QUICKSTART, ["method.name=himulcon", "method.himulcon_mode=hmc",
                                                          "method.temperatures=[0.1]"]).method
     torch.manual_seed(0)
     z = torch.randn(64, 2, 8)

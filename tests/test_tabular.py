@@ -115,7 +115,9 @@ def test_jsonl_ragged_feature_lists(tmp_path) -> None:
 
 def test_missing_column_lists_available(tmp_path) -> None:
     path = write(tmp_path / "d.csv", "text,coarse,fine_label\nhi,a,b\n")
-    with pytest.raises(DataError, match=r"d.csv: no column 'fine' \(did you mean 'fine_label'\?\); available columns: 'text', 'coarse', 'fine_label'"):
+    message = (r"d.csv: no column 'fine' \(did you mean 'fine_label'\?\); "
+               r"available columns: 'text', 'coarse', 'fine_label'")
+    with pytest.raises(DataError, match=message):
         load_table(path, input="text", levels=["coarse", "fine"])
 
 
@@ -135,14 +137,16 @@ def test_empty_label_names_line_as_in_editor(tmp_path) -> None:
 
 def test_label_not_in_hierarchy_suggests(tmp_path) -> None:
     path = write(tmp_path / "d.csv", "text,fine\nhi,shirt\nyo,sneakers\n")
-    with pytest.raises(DataError, match=r"d.csv, line 3, column 'fine': label 'sneakers' is not in the hierarchy \(did you mean 'sneaker'\?\)"):
+    message = r"d.csv, line 3, column 'fine': label 'sneakers' is not in the hierarchy \(did you mean 'sneaker'\?\)"
+    with pytest.raises(DataError, match=message):
         load_table(path, input="text", leaf="fine", hierarchy=EXAMPLES / "tiny_hierarchy.json")
 
 
 def test_level_columns_disagree_with_given_hierarchy(tmp_path) -> None:
     path = write(tmp_path / "d.csv", "text,coarse,fine\nhi,clothing,shirt\nyo,clothing,boot\n")
     h = Hierarchy.from_json(EXAMPLES / "tiny_hierarchy.json")
-    with pytest.raises(DataError, match=r"d.csv, line 3, column 'coarse': 'clothing', but the hierarchy puts 'boot' under 'footwear'"):
+    message = r"d.csv, line 3, column 'coarse': 'clothing', but the hierarchy puts 'boot' under 'footwear'"
+    with pytest.raises(DataError, match=message):
         load_table(path, input="text", levels=["coarse", "fine"], hierarchy=h)
 
 
@@ -155,7 +159,8 @@ def test_given_hierarchy_fixes_class_ids(tmp_path) -> None:
 
 def test_rows_giving_two_parents_are_named(tmp_path) -> None:
     path = write(tmp_path / "d.csv", "text,coarse,fine\na,animal,cat\nb,plant,rose\nc,plant,cat\n")
-    with pytest.raises(DataError, match=r"'cat' \(level 'fine'\) has two parents: 'animal' \(.*d.csv, line 2\) and 'plant' \(.*d.csv, line 4\)"):
+    message = r"'cat' \(level 'fine'\) has two parents: 'animal' \(.*d.csv, line 2\) and 'plant' \(.*d.csv, line 4\)"
+    with pytest.raises(DataError, match=message):
         load_table(path, input="text", levels=["coarse", "fine"])
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from conftest import QUICKSTART, needs_fashion, train_args
 
 from mlcl.cli import main
-from mlcl.data.fashion_mnist import is_available as fashion_available
+from mlcl.train.config import load_config
+from mlcl.train.loop import Trainer
+from mlcl.train.run import build_run
 
-pytestmark = pytest.mark.skipif(not fashion_available()[0], reason="needs: apt-get install dataset-fashion-mnist")
+pytestmark = needs_fashion
 
 SMALL_FASHION = [
     "data.options.limit_train=1500", "data.options.val_size=300", "data.options.limit_test=600",
@@ -19,12 +23,12 @@ SMALL_FASHION = [
 ]
 
 
-def run(tmp_path, *overrides, config="configs/quickstart.yaml"):
+def run(tmp_path, *overrides, config=QUICKSTART):
     out = tmp_path / "run"
-    code = main(["train", "--config", config, "--out", str(out), "--quiet", *sum((["--set", o] for o in overrides), [])])
-    return code, out
+    return main(train_args(out, *overrides, config=config)), out
 
 
+@pytest.mark.slow
 def test_quickstart_slice_writes_every_output(tmp_path, capsys):
     code, out = run(tmp_path, *SMALL_FASHION)
     assert code == 0
@@ -49,6 +53,7 @@ def test_quickstart_slice_writes_every_output(tmp_path, capsys):
     assert "loss_coarse" in header and "loss_fine" in header and "val_knn" in header
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "method_overrides",
     [
@@ -72,6 +77,7 @@ def test_every_method_trains_and_evaluates(tmp_path, method_overrides):
         assert 0.0 <= metrics["classifier"]["fine"]["top1"] <= 1.0
 
 
+@pytest.mark.slow
 def test_multilabel_grid_reports_map_and_f1(tmp_path):
     code, out = run(
         tmp_path, "data.name=fashion-mnist-grid", "data.options={n_train: 600, n_val: 200, n_test: 300}",
@@ -114,26 +120,25 @@ def test_encoder_mistakes_are_one_line_errors(tmp_path, capsys, overrides, messa
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_same_seed_reproduces_and_another_seed_differs(tmp_path):
     overrides = [*SMALL_FASHION, "data.options.limit_train=600", "eval.embedding_map=none", "train.threads=1"]
     runs = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         out = tmp_path / name
-        assert main(["train", "--config", "configs/quickstart.yaml", "--out", str(out), "--quiet",
-                     *sum((["--set", o] for o in [*overrides, f"seed={seed}"]), [])]) == 0
+        assert main(train_args(out, *overrides, f"seed={seed}")) == 0
         runs.append(torch.load(out / "checkpoints" / "last.pt", weights_only=False)["model"])
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
 
 
+@pytest.mark.slow
 def test_embed_exports_each_head_and_the_encoder(tmp_path):
     code, out = run(tmp_path, *SMALL_FASHION, "data.options.limit_train=600", "eval.embedding_map=none")
     assert code == 0
     for head, dims in (("encoder", 128), ("fine", 32), ("coarse", 32)):
         target = tmp_path / f"{head}.npy"
         assert main(["embed", str(out), "--head", head, "--input", "test", "--out", str(target)]) == 0
-        import numpy as np
-
         vectors = np.load(target)
         assert vectors.shape == (600, dims)
     assert main(["embed", str(out), "--head", "fien", "--out", str(tmp_path / "x.npy")]) == 2
@@ -141,11 +146,7 @@ def test_embed_exports_each_head_and_the_encoder(tmp_path):
 
 
 def test_learnable_temperatures_get_no_weight_decay(tmp_path):
-    from mlcl.train.config import load_config
-    from mlcl.train.loop import Trainer
-    from mlcl.train.run import build_run
-
-    config = load_config("configs/quickstart.yaml", [*SMALL_FASHION, "method.learnable_temperatures=true",
+    config = load_config(QUICKSTART, [*SMALL_FASHION, "method.learnable_temperatures=true",
                                                      "train.weight_decay=0.01"])
     trainer = Trainer(build_run(config, tmp_path), progress=False)
     model_group, objective_group = trainer.optimizer.param_groups

@@ -9,19 +9,17 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from conftest import EXAMPLES, train_args
 
 from mlcl.cli import main
 from mlcl.train.checkpoint import load_checkpoint
 
-EXAMPLES = Path(__file__).parents[1] / "examples"
 TINY = ["train.epochs=1", "eval.embedding_map=none", "model.proj_hidden=16", "model.proj_dim=8",
         "train.monitor_train_samples=50", "eval.knn_k=3"]
 
 
 def train(out: Path, *overrides: str) -> dict:
-    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(out), "--quiet"]
-    code = main(args + sum((["--set", o] for o in [*TINY, *overrides]), []))
-    assert code == 0
+    assert main(train_args(out, *TINY, *overrides)) == 0
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -31,6 +29,7 @@ def embedding_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.mark.slow
 def test_text_table_with_frozen_minilm(tmp_path, embedding_cache):
     metrics = train(
         tmp_path / "run", "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
@@ -41,6 +40,7 @@ def test_text_table_with_frozen_minilm(tmp_path, embedding_cache):
     assert any(embedding_cache.rglob("*")), "frozen MiniLM embeddings are cached on disk"
 
 
+@pytest.mark.slow
 def test_text_table_with_leaf_labels_and_hierarchy_file(tmp_path, embedding_cache):
     metrics = train(
         tmp_path / "run", "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
@@ -51,6 +51,7 @@ def test_text_table_with_leaf_labels_and_hierarchy_file(tmp_path, embedding_cach
     assert 0.0 <= metrics["test"]["consistency"]["linear"] <= 1.0
 
 
+@pytest.mark.slow
 def test_fine_tuned_minilm_with_dropout_and_token_mask_views(tmp_path):
     metrics = train(
         tmp_path / "run", "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
@@ -62,6 +63,7 @@ def test_fine_tuned_minilm_with_dropout_and_token_mask_views(tmp_path):
     assert set(metrics["test"]) >= {"coarse", "fine"}
 
 
+@pytest.mark.slow
 def test_multilabel_jsonl(tmp_path, embedding_cache):
     metrics = train(
         tmp_path / "run", "data.name=table", f"data.path={EXAMPLES / 'tiny_multilabel.jsonl'}",
@@ -72,6 +74,7 @@ def test_multilabel_jsonl(tmp_path, embedding_cache):
     assert set(metrics["test"]["labels"]) == {"mAP", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"}
 
 
+@pytest.mark.slow
 def test_image_folder_with_resnet_bf16_adamw_and_clipping(tmp_path):
     root = tmp_path / "images"
     rng = np.random.default_rng(0)
@@ -93,6 +96,7 @@ def test_image_folder_with_resnet_bf16_adamw_and_clipping(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "best.pt").exists()
 
 
+@pytest.mark.slow
 def test_embed_a_new_table_file_with_a_trained_text_run(tmp_path, embedding_cache):
     run = tmp_path / "run"
     train(run, "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
@@ -119,6 +123,7 @@ TEXT_TABLE = ["data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
               "model.encoder=hf", "train.batch_size=4"]
 
 
+@pytest.mark.slow
 def test_frozen_hf_encoder_embeds_with_its_own_model(tmp_path, embedding_cache, tiny_model_dir):
     run = tmp_path / "run"
     train(run, *TEXT_TABLE,
@@ -140,30 +145,30 @@ def test_frozen_hf_encoder_embeds_with_its_own_model(tmp_path, embedding_cache, 
 ])
 def test_frozen_text_encoder_option_errors(tmp_path, embedding_cache, tiny_model_dir, capsys, options, message):
     options = options.replace("{path}", str(tiny_model_dir))
-    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--quiet"]
-    overrides = [*TINY, *TEXT_TABLE, f"model.encoder_options={options}"]
-    assert main(args + sum((["--set", o] for o in overrides), [])) == 2
+    assert main(train_args(tmp_path / "run", *TINY, *TEXT_TABLE, f"model.encoder_options={options}")) == 2
     assert message in capsys.readouterr().err
 
 
 def test_an_input_column_that_is_also_a_label_is_refused(tmp_path, capsys):
-    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--quiet"]
     overrides = [*TINY, "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}",
                  "data.options={input: fine, levels: [coarse, fine]}"]
-    assert main(args + sum((["--set", o] for o in overrides), [])) == 2
+    assert main(train_args(tmp_path / "run", *overrides)) == 2
     assert "column 'fine' is both an input and a label" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("options, message", [
-    ("{input: text, level: [fine]}", "unknown option 'level' for data.name=table (data.options) (did you mean 'levels'"),
+    ("{input: text, level: [fine]}",
+     "unknown option 'level' for data.name=table (data.options) (did you mean 'levels'"),
     ("{input:text, levels: [fine]}", "unknown option 'input:text'"),
-    ("{input: text, levels: [fine], test_fraction: abc}", "data.options.test_fraction must be a number in [0, 1), got 'abc'"),
-    ("{input: text, levels: [fine], groups: [a, b]}", "option 'groups' of data.name=table (data.options) must be of type "
+    ("{input: text, levels: [fine], test_fraction: abc}",
+     "data.options.test_fraction must be a number in [0, 1), got 'abc'"),
+    ("{input: text, levels: [fine], groups: [a, b]}",
+     "option 'groups' of data.name=table (data.options) must be of type "
                                                       "Mapping[str, str] | None"),
-    ("{input: 5, levels: [fine]}", "option 'input' of data.name=table (data.options) must be of type str | Sequence[str]"),
+    ("{input: 5, levels: [fine]}",
+     "option 'input' of data.name=table (data.options) must be of type str | Sequence[str]"),
 ])
 def test_table_option_mistakes_are_one_line_errors(tmp_path, capsys, options, message):
-    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--quiet"]
     overrides = [*TINY, "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}", f"data.options={options}"]
-    assert main(args + sum((["--set", o] for o in overrides), [])) == 2
+    assert main(train_args(tmp_path / "run", *overrides)) == 2
     assert message in capsys.readouterr().err

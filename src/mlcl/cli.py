@@ -32,7 +32,7 @@ def _summary_table(metrics: dict[str, Any]) -> str:
     if not rows:
         return "(no metrics)"
     widths = [max(len(r[i]) for r in rows + [("level", "metric", "value")]) for i in range(3)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [line.format("level", "metric", "value"), line.format(*("-" * w for w in widths))]
     out += [line.format(*row) for row in rows]
     return "\n".join(out)
@@ -109,7 +109,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         found, where = info.is_available()
         rows.append((info.name, info.modality, info.structure, "yes" if found else "no", where))
     if args.json:
-        print(json.dumps([dict(zip(("name", "modality", "structure", "available", "where"), r)) for r in rows], indent=2))
+        keys = ("name", "modality", "structure", "available", "where")
+        print(json.dumps([dict(zip(keys, row)) for row in rows], indent=2))
         return 0
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:

@@ -71,13 +71,13 @@ def gather_no_grad(tensor: torch.Tensor, dim: int = 0, *, check_size: bool = Tru
 
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, dim: int, check_size: bool) -> torch.Tensor:  # noqa: D102
+    def forward(ctx, tensor: torch.Tensor, dim: int, check_size: bool) -> torch.Tensor:
         ctx.dim = dim
         ctx.size = tensor.shape[dim]
         return gather_no_grad(tensor, dim, check_size=check_size)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # noqa: D102
+    def backward(ctx, grad: torch.Tensor):
         # A copy: autograd may hand this same tensor to other backward functions (e.g. both inputs of
         # an add), which must not see it reduced in place.
         grad = grad.clone(memory_format=torch.contiguous_format)

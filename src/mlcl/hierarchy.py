@@ -223,7 +223,7 @@ class Hierarchy:
         *,
         pad: bool = False,
         classes: Mapping[str, Sequence[str]] | None = None,
-    ) -> "Hierarchy":
+    ) -> Hierarchy:
         """A hierarchy from a child -> parent map.
 
         Roots map to ``None`` or are left out. When at least one root is listed explicitly, all must
@@ -262,7 +262,7 @@ class Hierarchy:
         level_names: Sequence[str],
         *,
         row_names: Sequence[str] | None = None,
-    ) -> "Hierarchy":
+    ) -> Hierarchy:
         """A hierarchy from rows that each give one path coarse -> fine (e.g. the label columns of a table).
 
         Rows that give a class two different parents, or use a name on two levels, are a DataError
@@ -308,7 +308,7 @@ class Hierarchy:
         leaf_names: Sequence[str],
         parent_names: Sequence[str],
         level_names: Sequence[str] = ("coarse", "fine"),
-    ) -> "Hierarchy":
+    ) -> Hierarchy:
         """A two-level hierarchy from leaf id -> parent id (e.g. Fashion-MNIST ``FINE2COARSE``).
 
         The class order is the given one: leaf ``i`` is ``leaf_names[i]``, parent ``j`` is
@@ -331,7 +331,7 @@ class Hierarchy:
         return cls(list(level_names), classes, [ids])
 
     @classmethod
-    def from_json(cls, path: str | Path, *, pad: bool = False) -> "Hierarchy":
+    def from_json(cls, path: str | Path, *, pad: bool = False) -> Hierarchy:
         """Read ``{"levels": [...], "parents": {child: parent}}`` or a plain ``{child: parent}`` object.
 
         The structured form may also hold ``"classes": {level: [names]}`` (the class order, as written

@@ -26,7 +26,9 @@ def same_class(labels: torch.Tensor, others: torch.Tensor | None = None) -> torc
         )
     others = labels if others is None else others
     if others.shape[1:] != labels.shape[1:]:
-        raise ValueError(f"others must have shape (B', ...) matching labels {tuple(labels.shape)}, got {tuple(others.shape)}")
+        raise ValueError(
+            f"others must have shape (B', ...) matching labels {tuple(labels.shape)}, got {tuple(others.shape)}"
+        )
     rows = (labels.unsqueeze(1) if labels.ndim == 1 else labels).t()  # (H, B)
     cols = (others.unsqueeze(1) if others.ndim == 1 else others).t()  # (H, B')
     relation = (rows.unsqueeze(2) == cols.unsqueeze(1)) & (rows >= 0).unsqueeze(2)
@@ -43,7 +45,8 @@ def overlap(multi_hot: torch.Tensor, mode: str = "any", others: torch.Tensor | N
     others = multi_hot if others is None else others
     if multi_hot.ndim != 2 or others.ndim != 2 or others.shape[1] != multi_hot.shape[1]:
         raise ValueError(
-            f"overlap expects multi-hot matrices of shape (B, C), got {tuple(multi_hot.shape)} and {tuple(others.shape)}"
+            "overlap expects multi-hot matrices of shape (B, C), "
+            f"got {tuple(multi_hot.shape)} and {tuple(others.shape)}"
         )
     hot = (multi_hot > 0).to(torch.float32)
     other_hot = (others > 0).to(torch.float32)

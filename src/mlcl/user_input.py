@@ -115,7 +115,9 @@ def check_options(func: Callable[..., Any], options: Mapping[str, Any], what: st
     checked = {}
     for name, value in options.items():
         if name not in names:
-            raise DataError(f"unknown option {name!r} for {what}{did_you_mean(name, names)}; valid options: {', '.join(names)}")
+            raise DataError(
+                f"unknown option {name!r} for {what}{did_you_mean(name, names)}; valid options: {', '.join(names)}"
+            )
         ok, value = fits_type(hints.get(name, Any), value)
         if not ok:
             raise DataError(f"option {name!r} of {what} must be of type {type_name(hints[name])}, got {value!r}")

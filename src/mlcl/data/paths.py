@@ -14,8 +14,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 from mlcl.errors import DataError
 
 DATA_DIR_ENV = "MLCL_DATA_DIR"

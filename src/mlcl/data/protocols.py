@@ -56,7 +56,8 @@ def _stratified(
 def label_fraction(
     split: LabeledSplit, level: str, fraction: float, seed: int, *, allow_empty: bool = False
 ) -> LabeledSplit:
-    """A stratified subset: ``share(fraction, n_c)`` rows (``fraction * n_c`` rounded half up) of every class ``c`` of ``level``.
+    """A stratified subset: ``share(fraction, n_c)`` rows (``fraction * n_c`` rounded half up) of every class
+    ``c`` of ``level``.
 
     Every class keeps at least one row (so tiny classes are over-represented at small fractions)
     unless ``allow_empty=True``, where a class whose share rounds to 0 disappears. DataError unless

@@ -222,7 +222,9 @@ def cell_overrides(cell: Cell, tuned: TunedTable | None = None, extra: Iterable[
     if cell.dataset not in DATASETS:
         raise ConfigError(f"cell {cell.id}: unknown dataset {cell.dataset!r}{did_you_mean(cell.dataset, DATASETS)}")
     if cell.base_method not in METHODS:
-        raise ConfigError(f"cell {cell.id}: unknown method {cell.base_method!r}{did_you_mean(cell.base_method, METHODS)}")
+        raise ConfigError(
+            f"cell {cell.id}: unknown method {cell.base_method!r}{did_you_mean(cell.base_method, METHODS)}"
+        )
     hp = hparams_for(cell, tuned)
     out = [*DATASETS[cell.dataset].base, *_budget(cell), *METHODS[cell.base_method], f"train.lr={hp['lr']:g}"]
     if cell.base_method not in TEMPERATURE_FREE:

@@ -8,8 +8,8 @@ the best baseline is listed, in words, under "Where MLCL loses".
 from __future__ import annotations
 
 import copy
-import json
 import datetime as _dt
+import json
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -21,9 +21,21 @@ from mlcl.experiments import grids
 from mlcl.experiments.plots import plot_lines, series_of
 from mlcl.experiments.runner import read_lines
 from mlcl.experiments.tables import (
-    LEVEL_METRICS, METRIC_NAMES, Collector, Stat, compare, fmt_stat, grouped, is_mlcl, metric_of, ok, order_methods,
-    stat, table,
+    LEVEL_METRICS,
+    METRIC_NAMES,
+    Collector,
+    Stat,
+    compare,
+    fmt_stat,
+    grouped,
+    is_mlcl,
+    metric_of,
+    ok,
+    order_methods,
+    stat,
+    table,
 )
+
 
 def _pct(x: float) -> str:
     return f"{x * 100:g} %"
@@ -113,7 +125,8 @@ class _Builder:
                 out += [f"**{level} {METRIC_NAMES[metric]}** (%)", "",
                         table("fraction", rows, f"limited-data {dataset} {level} {METRIC_NAMES[metric]}",
                               self.collector), ""]
-            series = series_of(subset, lambda line: line["fraction"], lambda line: metric_of(line, "fine", "linear_top1"))
+            series = series_of(subset, lambda line: line["fraction"],
+                               lambda line: metric_of(line, "fine", "linear_top1"))
             out += [self.plot(f"limited-data-{dataset}.png", series=series, xlabel="label fraction (log)",
                               ylabel="fine linear-probe top-1 (%)", title=f"{dataset}: accuracy vs label fraction",
                               logx=True), ""]

@@ -189,7 +189,7 @@ def _trainer(config: Config, out_dir: Path, progress: bool, fresh: bool) -> tupl
     if not fresh and last.exists() and (out_dir / "config.yaml").exists():
         try:
             same = load_config(out_dir / "config.yaml").to_dict() == config.to_dict()
-        except Exception:  # noqa: BLE001 - an unreadable old config: start over
+        except Exception:  # an unreadable old config: start over
             same = False
         if same:
             return resume_run(out_dir, progress=progress), True

@@ -21,7 +21,8 @@ def _check_layout(z: torch.Tensor, owner: str, layout: str, meaning: str, hint: 
 
 def check_projections(z: torch.Tensor) -> None:
     """``z`` must be a floating ``(H, B, V, D)`` tensor."""
-    _check_layout(z, "z", "(H, B, V, D)", "heads, samples, views, dims", "for a single head and view use z[None, :, None, :]")
+    _check_layout(z, "z", "(H, B, V, D)", "heads, samples, views, dims",
+                  "for a single head and view use z[None, :, None, :]")
 
 
 def check_views(z: torch.Tensor, loss_name: str) -> None:

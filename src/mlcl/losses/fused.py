@@ -307,7 +307,7 @@ class FusedSupCon(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, keys, inv_tau, relation, anchor_rows, anchor_weight, block_size, operand_dtype=None):  # noqa: D102
+    def forward(ctx, keys, inv_tau, relation, anchor_rows, anchor_weight, block_size, operand_dtype=None):
         need_grad = any(ctx.needs_input_grad[:2])
         with torch.autocast(keys.device.type, enabled=False):
             head_loss, grad_keys, grad_inv_tau = supcon_forward_and_grad(
@@ -318,7 +318,7 @@ class FusedSupCon(torch.autograd.Function):
         return head_loss
 
     @staticmethod
-    def backward(ctx, grad_head_loss):  # noqa: D102
+    def backward(ctx, grad_head_loss):
         grad_keys, grad_inv_tau = ctx.saved_tensors
         grad_keys = grad_keys * grad_head_loss.view(-1, 1, 1).to(grad_keys.dtype)
         grad_inv_tau = grad_inv_tau * grad_head_loss.to(grad_inv_tau.dtype)

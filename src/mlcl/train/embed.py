@@ -29,7 +29,9 @@ def _inputs(run: Run, source: str):
     if not path.exists():
         raise MlclError(f"--input {source!r} is neither one of {', '.join(SPLITS)} nor an existing file")
     if run.config.data.name != "table":
-        raise MlclError("--input FILE needs a run trained on a table (data.name=table), so the file's columns are known")
+        raise MlclError(
+            "--input FILE needs a run trained on a table (data.name=table), so the file's columns are known"
+        )
     options = run.config.data.options
     # The training file's input columns, read as training read them; no label column is needed.
     reading = {key: options[key] for key in ("input", "size", "grayscale") if key in options}

@@ -41,7 +41,9 @@ def parent_indices(dataset: Dataset) -> dict[str, torch.Tensor] | None:
     return {name: dataset.hierarchy.parent_index(name) for name in dataset.hierarchy.level_names[1:]}
 
 
-def monitor_score(model: nn.Module, dataset: Dataset, device: torch.device, train_samples: int, knn_k: int) -> float | None:
+def monitor_score(
+    model: nn.Module, dataset: Dataset, device: torch.device, train_samples: int, knn_k: int
+) -> float | None:
     """Validation kNN score of the finest level (top-1, or mAP when multi-label); picks the best checkpoint.
 
     Uses the validation split only (never test); ``None`` when the dataset has no validation split.

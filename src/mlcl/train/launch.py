@@ -107,7 +107,7 @@ def distributed_worker(func: F) -> F:
             debug = "--debug" in sys.argv
             if os.environ.get(REPORT_DIR_ENV) and kind != "crash" and not debug:
                 sys.stderr.flush()
-                sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the process is about to exit
+                sys.stderr = open(os.devnull, "w")  # the process is about to exit
             raise
         shutdown_distributed()
         return result

@@ -40,7 +40,9 @@ def training_curves(history: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _colour_labels(dataset: Dataset, level_name: str | None, index: torch.Tensor) -> tuple[torch.Tensor, str, list[str]]:
+def _colour_labels(
+    dataset: Dataset, level_name: str | None, index: torch.Tensor
+) -> tuple[torch.Tensor, str, list[str]]:
     level = next((lv for lv in dataset.levels if lv.name == level_name), dataset.levels[-1])
     target = dataset.test.targets[level.name][index]
     if level.multi_label:  # colour by the first label present
@@ -63,7 +65,8 @@ def embedding_maps(model: torch.nn.Module, dataset: Dataset, heads: list, device
     for ax, (title, points, level_name) in zip(axes[0], panels):
         points = torch.nn.functional.normalize(points, dim=1).numpy()
         if config.embedding_map == "tsne":
-            xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(30, len(points) - 1)).fit_transform(points)
+            tsne = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(30, len(points) - 1))
+            xy = tsne.fit_transform(points)
         else:
             xy = PCA(n_components=2, random_state=0).fit_transform(points)
         colours, label_name, classes = _colour_labels(dataset, level_name, index)
