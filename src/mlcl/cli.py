@@ -3,6 +3,9 @@
 User mistakes (a bad config value, a missing dataset, a malformed file) print one line and exit with
 status 2; ``--debug`` shows the traceback instead. An interrupted run exits with status 130 after
 saving a checkpoint that ``mlcl train --resume DIR`` continues.
+
+Each command imports its implementation when it runs, so ``mlcl --help`` and ``mlcl datasets`` do not load
+the training, plotting and scikit-learn stack.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ MAX_PIXEL = 16.0  # the digits' gray levels are 0..16
 
 def is_available() -> tuple[bool, str]:
     """Always available: the data ship inside scikit-learn."""
-    import sklearn
+    import sklearn  # imported when used: the registry imports this module for every mlcl command
 
     return True, f"bundled with scikit-learn {sklearn.__version__}"
 

@@ -1,6 +1,7 @@
 """``mlcl experiment NAME | list | report``: run a grid (resumable), list the grids, write the report.
 
 Wire into :mod:`mlcl.cli` with ``add_experiment_parser(sub)``; the parser sets ``func=cmd_experiment``.
+As in :mod:`mlcl.cli`, each command imports its implementation when it runs.
 """
 
 from __future__ import annotations

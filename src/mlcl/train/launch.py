@@ -180,6 +180,7 @@ def launch_local(nproc: int, argv: list[str], *, debug: bool = False) -> int:
     :func:`summarise_failure`) instead of every rank's traceback. Ctrl-C reaches the workers once
     (they checkpoint and stop, as a single process does) and gives status 130.
     """
+    # torch's elastic launcher is imported only by the process that starts workers
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
