@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlcl import distributed
-from mlcl.losses._validate import check_anchor_mask, check_head_values, check_projections, check_relation
+from mlcl.losses._validate import (
+    check_anchor_mask, check_head_values, check_projections, check_relation, head_values, single_head_relation,
+)
 from mlcl.losses.fused import DenseRelation, FusedSupCon, LabelRelation
 from mlcl.losses.precision import operand_dtype, statistics_dtype
 
@@ -37,8 +39,8 @@ def multilevel_supcon(
     rank, world = distributed.rank_and_world() if gather_distributed else (0, 1)
     if world > 1:  # before the rank-local checks: a rank whose (H, b, W·b) check passed would hang
         distributed.check_same_shapes(z.shape[1:], "z (B, V, D)", z.device)
-    is_labels = not (relation.dtype.is_floating_point or relation.dtype == torch.bool)
     check_relation(relation, num_heads, batch, key_batch=batch * world)
+    is_labels = not (relation.dtype.is_floating_point or relation.dtype == torch.bool)
     check_anchor_mask(anchor_mask, num_heads, batch)
     if temperatures.shape != (num_heads,) or weights.shape != (num_heads,):
         raise ValueError(
@@ -95,11 +97,11 @@ class MultiLevelSupConLoss(nn.Module):
         block_size: int | None = None,
     ):
         super().__init__()
-        temps = [float(temperatures)] if isinstance(temperatures, (int, float)) else [float(t) for t in temperatures]
+        temps = head_values(temperatures, "temperatures")
         if not temps:
             raise ValueError("temperatures must name at least one head")
         check_head_values("temperatures", temps, None, positive=True)
-        head_weights = [1.0] * len(temps) if weights is None else [float(w) for w in weights]
+        head_weights = [1.0] * len(temps) if weights is None else head_values(weights, "weights")
         check_head_values("weights", head_weights, len(temps), positive=False)
         if block_size is not None and block_size < 1:
             raise ValueError(f"block_size must be >= 1 or None, got {block_size}")
@@ -162,7 +164,7 @@ class SupConLoss(MultiLevelSupConLoss):
     def forward(self, z: torch.Tensor, labels: torch.Tensor, anchor_mask: torch.Tensor | None = None) -> torch.Tensor:
         if z.ndim != 3:
             raise ValueError(f"SupConLoss expects z of shape (B, V, D), got {tuple(z.shape)}")
-        relation = labels.unsqueeze(0) if labels.ndim == 2 else labels.unsqueeze(1)
+        relation = single_head_relation(labels, z.shape[0])
         mask = None if anchor_mask is None else anchor_mask.unsqueeze(0)
         return super().forward(z.unsqueeze(0), relation, mask)
 
