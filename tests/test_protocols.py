@@ -112,6 +112,9 @@ def test_k_shot_exact_and_deterministic() -> None:
 def test_k_shot_errors() -> None:
     with pytest.raises(DataError, match="class 0 at level 'fine' has only 10 samples, fewer than k=11"):
         k_shot(make_split(), "fine", 11, seed=0)
+    names = [f"class-{i}" for i in range(10)]
+    with pytest.raises(DataError, match="class 'class-0' at level 'fine' has only 10 samples"):
+        k_shot(make_split(), "fine", 11, seed=0, class_names=names)
     with pytest.raises(DataError, match="k must be a positive integer"):
         k_shot(make_split(), "fine", 0, seed=0)
 

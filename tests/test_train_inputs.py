@@ -167,8 +167,19 @@ def test_an_input_column_that_is_also_a_label_is_refused(tmp_path, capsys):
                                                       "Mapping[str, str] | None"),
     ("{input: 5, levels: [fine]}",
      "option 'input' of data.name=table (data.options) must be of type str | Sequence[str]"),
+    ("{levels: [fine]}", "data.name=table (data.options) needs the option 'input' (of type str | Sequence[str])"),
 ])
 def test_table_option_mistakes_are_one_line_errors(tmp_path, capsys, options, message):
     overrides = [*TINY, "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}", f"data.options={options}"]
     assert main(train_args(tmp_path / "run", *overrides)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_k_shot_names_the_class_that_is_too_small(tmp_path, capsys):
+    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--quiet"]
+    overrides = [*TINY, "data.name=table", f"data.path={EXAMPLES / 'tiny_hierarchy.csv'}", "data.k_shot=1000",
+                 "data.options={input: text, levels: [coarse, fine]}"]
+    assert main(args + sum((["--set", o] for o in overrides), [])) == 2
+    err = capsys.readouterr().err
+    assert "fewer than k=1000" in err and "class 0 " not in err
+    assert any(f"class {name!r} at level 'fine'" in err for name in ("boot", "jeans", "laptop", "phone", "shirt", "sneaker"))

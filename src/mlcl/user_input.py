@@ -111,7 +111,8 @@ def check_options(func: Callable[..., Any], options: Mapping[str, Any], what: st
     (with a suggestion) or a value of the wrong type is a DataError naming the option. Returns the
     options with ints converted where floats are expected. ``skip`` names parameters the caller sets."""
     hints = typing.get_type_hints(func)
-    names = [name for name in inspect.signature(func).parameters if name not in skip]
+    parameters = inspect.signature(func).parameters
+    names = [name for name in parameters if name not in skip]
     checked = {}
     for name, value in options.items():
         if name not in names:
@@ -122,6 +123,10 @@ def check_options(func: Callable[..., Any], options: Mapping[str, Any], what: st
         if not ok:
             raise DataError(f"option {name!r} of {what} must be of type {type_name(hints[name])}, got {value!r}")
         checked[name] = value
+    required = [name for name in names if parameters[name].default is inspect.Parameter.empty
+                and parameters[name].kind is inspect.Parameter.KEYWORD_ONLY and name not in options]
+    if required:
+        raise DataError(f"{what} needs the option {required[0]!r} (of type {type_name(hints.get(required[0], Any))})")
     return checked
 
 

@@ -70,6 +70,7 @@ def _decode(path: Path, where: str, grayscale: bool | None) -> torch.Tensor:
             return torch.from_numpy(_pixels(img, grayscale))
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = reason.replace(f" {str(path)!r}", "").replace(str(path), "the file")  # the path is named once
         raise DataError(f"{where}: {path} is not a readable PNG/JPEG image ({reason})") from None
 
 

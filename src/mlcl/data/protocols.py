@@ -69,14 +69,17 @@ def label_fraction(
     return _stratified(split, level, lambda _, n: max(floor, share(fraction, n)), seed)
 
 
-def k_shot(split: LabeledSplit, level: str, k: int, seed: int) -> LabeledSplit:
-    """Exactly ``k`` random rows of every class of ``level``; DataError if a class has fewer."""
+def k_shot(split: LabeledSplit, level: str, k: int, seed: int,
+           class_names: Sequence[str] | None = None) -> LabeledSplit:
+    """Exactly ``k`` random rows of every class of ``level``; DataError (naming the class by its name in
+    ``class_names``, else its id) if a class has fewer."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise DataError(f"k must be a positive integer, got {k!r}")
 
     def count(c: int, n: int) -> int:
         if n < k:
-            raise DataError(f"class {c} at level {level!r} has only {n} samples, fewer than k={k}; use a smaller k")
+            name = repr(class_names[c]) if class_names is not None else str(c)
+            raise DataError(f"class {name} at level {level!r} has only {n} samples, fewer than k={k}; use a smaller k")
         return k
 
     return _stratified(split, level, count, seed)

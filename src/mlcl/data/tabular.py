@@ -89,6 +89,9 @@ def _read_csv(path: Path) -> _Table:
         except StopIteration:
             break
         except csv.Error as err:
+            if "unexpected end of data" in str(err):  # a quote never closed: it swallowed the rest of the file
+                raise DataError(f"{path}, line {start}: a quote opened in the row that starts here is never closed; "
+                                "close the quote (a quote inside a field is written twice: \"\")") from None
             raise DataError(f"{path}, line {reader.line_num}: malformed CSV ({err})") from None
         if record:
             records.append((start, record))
@@ -120,7 +123,7 @@ def _read_jsonl(path: Path) -> _Table:
             value = json.loads(text)
         except json.JSONDecodeError as err:
             raise DataError(
-                f"{path}, line {line}: not valid JSON ({err.msg} at column {err.colno}); "
+                f"{path}, line {line}: not valid JSON ({err.msg.removesuffix(' at')} at column {err.colno}); "
                 "each line must be one JSON object"
             ) from None
         except RecursionError:

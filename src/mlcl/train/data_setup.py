@@ -69,7 +69,7 @@ def _apply_protocols(dataset: Dataset, config: DataConfig, seed: int) -> Dataset
                 "is multi-label; use the full training set"
             )
         if config.k_shot is not None:
-            train = k_shot(train, finest.name, config.k_shot, seed)
+            train = k_shot(train, finest.name, config.k_shot, seed, class_names=finest.classes)
         else:
             train = label_fraction(train, finest.name, config.fraction, seed)
     if config.noise.rate > 0:
