@@ -5,8 +5,9 @@ cd "$(dirname "$0")/.."
 
 if command -v apt-get >/dev/null 2>&1 && { [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/wordnet/data.noun ]; }; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -q
-  $SUDO apt-get install -y -q dataset-fashion-mnist wordnet-base
+  . scripts/apt_wait.sh  # waits (with a timeout) while another apt / dpkg process holds the lock
+  apt_wait $SUDO apt-get update -q
+  apt_wait $SUDO apt-get install -y -q dataset-fashion-mnist wordnet-base
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
