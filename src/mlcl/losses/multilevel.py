@@ -11,7 +11,12 @@ from torch import nn
 
 from mlcl import distributed
 from mlcl.losses._validate import (
-    check_anchor_mask, check_head_values, check_projections, check_relation, head_values, single_head_relation,
+    check_anchor_mask,
+    check_head_values,
+    check_projections,
+    check_relation,
+    head_values,
+    single_head_relation,
 )
 from mlcl.losses.fused import DenseRelation, FusedSupCon, LabelRelation
 from mlcl.losses.precision import operand_dtype, statistics_dtype

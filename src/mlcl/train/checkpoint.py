@@ -113,7 +113,8 @@ def load_weights(module: nn.Module, weights: Mapping[str, Any], path: Path, what
         if not isinstance(value, torch.Tensor) or value.shape != tensor.shape:
             raise CheckpointError(
                 f"{path}: the {what} tensor {key!r} has shape {_shape(value)} but this run's has "
-                f"{tuple(tensor.shape)}; the data (e.g. its number of classes) or the config changed since it was written"
+                f"{tuple(tensor.shape)}; the data (e.g. its number of classes) or the config changed since it was "
+                "written"
             )
     module.load_state_dict(weights)
 
