@@ -1,10 +1,12 @@
 """Speed and memory of the multi-level loss against the matmul floor and against peers.
 
-Run:  python benchmarks/loss_speed.py            (add --quick for a smoke run)
+Run:  python benchmarks/loss_speed.py            (CPU float32; add --quick for a smoke run)
+      python benchmarks/loss_speed.py --device cuda --dtype bf16 --batch 1024,4096,16384,65536
 
-All timings are forward + backward on CPU float32, measured in one process, interleaved (each round
-runs every contender once, in turn), median of the rounds. Ratios are what to read: absolute times
-depend on the machine and its load.
+All timings are forward + backward, measured in one process, interleaved (each round runs every
+contender once, in turn), median of the rounds; on CUDA with CUDA events, and peak memory is
+``torch.cuda.max_memory_allocated`` per contender. Ratios are what to read: absolute times depend on
+the machine and its load.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def per_head_supcon_step(z: torch.Tensor, labels: torch.Tensor, temperature: flo
         rows = F.normalize(z[h], dim=-1).reshape(batch * n_views, -1)
         lab = labels[:, h].repeat_interleave(n_views)
         logits = rows @ rows.t() / temperature
-        self_mask = torch.eye(len(rows), dtype=torch.bool)
+        self_mask = torch.eye(len(rows), dtype=torch.bool, device=z.device)
         logits = logits.masked_fill(self_mask, float("-inf"))
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         pos = (lab[:, None] == lab[None, :]) & ~self_mask
@@ -106,17 +108,99 @@ def peak_memory_child(batch: int) -> None:
     print(json.dumps({"peak_rss_mb": _high_water_mb(), "before_loss_mb": before}))
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CUDA_CLASSES = (5, 20, 100)  # one head each
+
+
+def time_cuda(step: Callable, z: torch.Tensor, labels: torch.Tensor, rounds: int) -> tuple[float, float] | None:
+    """Median milliseconds (CUDA events) and peak MB allocated above the inputs; None if out of memory."""
+    try:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+        step(z, labels)  # warm-up, and the peak-memory measurement
+        z.grad = None
+        torch.cuda.synchronize()
+        peak_mb = (torch.cuda.max_memory_allocated() - baseline) / 2**20
+        times = []
+        for _ in range(rounds):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step(z, labels)
+            stop.record()
+            z.grad = None
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(stop))
+        return statistics.median(times), peak_mb
+    except torch.cuda.OutOfMemoryError:
+        z.grad = None
+        torch.cuda.empty_cache()
+        return None
+
+
+def cuda_main(args: argparse.Namespace) -> dict:
+    """One table row per batch size: every contender's time and peak memory, ratios to the floor."""
+    dtype = DTYPES[args.dtype]
+    contenders = {"floor": floor_step, "mlcl": make_ours_step(), "dense SupCon": per_head_supcon_step}
+    pml = make_pml_step()
+    if pml is not None:
+        contenders["pytorch-metric-learning"] = pml
+    name = torch.cuda.get_device_name()
+    print(f"torch {torch.__version__}, {name}; 3 heads ({'/'.join(map(str, CUDA_CLASSES))} classes) x 2 views x "
+          f"D=128, {args.dtype}, forward+backward, median of {args.rounds} rounds (CUDA events)\n")
+    print("| B | " + " | ".join(f"{c} ms (peak MB)" for c in contenders) + " | mlcl / floor | mlcl / dense |")
+    print("|" + "---|" * (len(contenders) + 3))
+    rows = []
+    for batch in args.batch_list:
+        torch.manual_seed(batch)
+        z = torch.randn(3, batch, 2, 128, device="cuda", dtype=dtype, requires_grad=True)
+        labels = torch.stack([torch.randint(0, c, (batch,), device="cuda") for c in CUDA_CLASSES], 1)
+        results = {c: (time_cuda(step, z, labels, args.rounds) if batch <= args.peer_limit or c == "mlcl" or
+                       c == "floor" else None) for c, step in contenders.items()}
+        cells = " | ".join("OOM/skipped" if r is None else f"{r[0]:.2f} ({r[1]:.0f})" for r in results.values())
+        ours, floor, dense = results["mlcl"], results["floor"], results["dense SupCon"]
+        vs_floor = f"{ours[0] / floor[0]:.2f}x" if ours and floor else "-"
+        vs_dense = f"{ours[0] / dense[0]:.2f}x" if ours and dense else "-"
+        print(f"| {batch} | {cells} | {vs_floor} | {vs_dense} |", flush=True)
+        rows.append({"batch": batch, "dtype": args.dtype,
+                     **{c: None if r is None else {"ms": r[0], "peak_mb": r[1]} for c, r in results.items()}})
+        del z, labels
+    return {"device": name, "torch": torch.__version__, "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="CUDA: the projections' dtype")
+    parser.add_argument("--batch", default="1024", help="samples per batch; CUDA takes a comma-separated list")
+    parser.add_argument("--peer-limit", type=int, default=16384, help="CUDA: largest batch for the dense peers")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--memory-batch", type=int, default=8192)
+    parser.add_argument("--json", help="CUDA: also write the results to this JSON file")
     parser.add_argument("--quick", action="store_true", help="small sizes, 3 rounds")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         peak_memory_child(args.memory_child)
         return
+    try:
+        args.batch_list = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        parser.error(f"--batch takes whole numbers separated by commas, got {args.batch!r}")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda but CUDA is not available here")
+        if args.quick:
+            args.batch_list, args.rounds = [1024], 3
+        results = cuda_main(args)
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as handle:
+                json.dump(results, handle, indent=2)
+        return
+    if len(args.batch_list) != 1:
+        parser.error("the CPU mode takes one --batch")
+    args.batch = args.batch_list[0]
     if args.quick:
         args.batch, args.rounds, args.memory_batch = 256, 3, 1024
 

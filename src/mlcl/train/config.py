@@ -137,12 +137,13 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     grad_clip: float | None = None
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # torch CPU threads (None = torch's default)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     monitor_every: int = 1  # epochs between validation kNN checks (picks the best checkpoint)
     monitor_train_samples: int = 5000  # the validation kNN's bank: a fixed random sample of the training split
+    log_every: int | None = None  # steps between host syncs (logs, non-finite check); None: 1 on CPU, 25 on GPUs
 
     def validate(self, key: str) -> None:
         for name in ("epochs", "batch_size", "monitor_every", "monitor_train_samples"):
@@ -153,7 +154,9 @@ class TrainConfig:
         if not self.lr > 0:
             raise ConfigError(f"{key}.lr must be > 0, got {self.lr}")
         _check_choice(f"{key}.optimizer", self.optimizer, ("sgd", "adamw"))
-        _check_choice(f"{key}.precision", self.precision, ("fp32", "bf16"))
+        _check_choice(f"{key}.precision", self.precision, ("fp32", "bf16", "fp16"))
+        if self.log_every is not None and self.log_every < 1:
+            raise ConfigError(f"{key}.log_every must be >= 1 or null (1 on CPU, 25 on GPUs), got {self.log_every}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(f"{key}.grad_clip must be > 0 or null, got {self.grad_clip}")
         if self.weight_decay < 0:

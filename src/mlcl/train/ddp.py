@@ -9,6 +9,8 @@ process with W·b samples (docs/distributed.md):
   whole global batch from the shared seeded generator and keeps this rank's rows.
 * Values averaged over ranks (:func:`mean_over_ranks`): logged losses, and the non-finite check, which
   every rank must agree on.
+* With ``MLCL_DIST_BACKEND=gloo`` several processes can share one GPU (NCCL refuses that): BatchNorm is
+  then :class:`GlobalBatchNorm`, since ``SyncBatchNorm`` needs NCCL.
 """
 
 from __future__ import annotations
@@ -137,8 +139,9 @@ def _convert_global(module: nn.Module) -> nn.Module:
 
 
 def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` with every BatchNorm computing global-batch statistics (same state-dict keys)."""
-    if device.type == "cuda":
+    """``model`` with every BatchNorm computing global-batch statistics (same state-dict keys):
+    ``SyncBatchNorm`` on CUDA with NCCL, :class:`GlobalBatchNorm` otherwise."""
+    if device.type == "cuda" and dist.is_initialized() and dist.get_backend() == "nccl":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return _convert_global(model)
 
@@ -174,14 +177,14 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
         offset += p.numel()
 
 
-def mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
-    """The mean of each value over ranks (one all-reduce; identical on every rank)."""
+def mean_over_ranks(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The mean of ``values`` over ranks (one all-reduce on ``device``; identical on every rank)."""
     world = _world()
-    if world == 1 or not values:
+    if world == 1:
         return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    tensor = values.to(device=device, dtype=torch.float64)
     dist.all_reduce(tensor)
-    return (tensor / world).tolist()
+    return tensor / world
 
 
 class _RankRows:

@@ -43,6 +43,21 @@ class Interrupted(Exception):
         )
 
 
+GPU_LOG_EVERY = 25  # default steps between host syncs on a GPU
+DEVICE_DATA_SHARE = 0.25  # training tensors move to the GPU when they take at most this share of its free memory
+
+
+def _training_tensors(split: Any, device: torch.device) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The training inputs and targets, on ``device`` when they fit (a GPU then indexes its own batches)."""
+    inputs, targets = split.inputs, split.targets
+    if device.type != "cuda" or not isinstance(inputs, torch.Tensor):
+        return inputs, targets
+    size = inputs.numel() * inputs.element_size() + sum(t.numel() * t.element_size() for t in targets.values())
+    if size > DEVICE_DATA_SHARE * torch.cuda.mem_get_info(device)[0]:
+        return inputs, targets
+    return inputs.to(device), {name: t.to(device) for name, t in targets.items()}
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 0."""
     if warmup and step < warmup:
@@ -91,8 +106,16 @@ class Trainer:
         self.views = ViewMaker(self.dataset.modality, self.config.method.views, train.augment, self.generator)
         # Each rank's views are its rows of the views one process would make of the global batch.
         self.views = ddp.distribute_views(self.views, self.rank, self.world)
+        # fp16 autocast scales the loss so that small gradients survive float16 (a no-op otherwise).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
+        # Values reach the host every `log_every` steps: a sync per step would leave a GPU waiting.
+        self.log_every = train.log_every or (1 if self.device.type == "cpu" else GPU_LOG_EVERY)
+        self._pending: list[tuple[torch.Tensor, dict[str, torch.Tensor], float]] = []  # (loss, logs, lr) per step
+        self._train_inputs, self._train_targets = _training_tensors(self.dataset.train, self.device)
         # Called on the main process after each epoch's checkpoint, with the trainer and the epoch's record.
         self.epoch_callbacks: list[Callable[[Trainer, dict[str, Any]], None]] = []
+        # Called on the main process with (global step, values) for every step, when the values reach the host.
+        self.step_callbacks: list[Callable[[int, dict[str, float]], None]] = []
 
     @property
     def model(self) -> nn.Module:
@@ -115,6 +138,7 @@ class Trainer:
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "loop": self.state,
             "rng": {"torch": torch_rng, "views": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -142,6 +166,8 @@ class Trainer:
             raise CheckpointError(f"{path} holds an optimiser state this version cannot continue ({exc}); "
                                   "start the run again with another --out") from None
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # fp16 runs; older checkpoints have none
+            self.scaler.load_state_dict(state["scaler"])
         self.run.state = state["loop"]
         torch_rng = state["rng"]["torch"]
         torch_rng = torch_rng if isinstance(torch_rng, list) else [torch_rng]  # older checkpoints: one state
@@ -160,51 +186,77 @@ class Trainer:
         return order[:, self.rank]
 
     def _autocast(self):
-        if self.config.train.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+        if self.config.train.precision in dtypes:
+            return torch.autocast(device_type=self.device.type, dtype=dtypes[self.config.train.precision])
         return nullcontext()
 
-    def _step(self, index: torch.Tensor) -> tuple[float, dict[str, float]]:
-        train = self.dataset.train
-        inputs = [train.inputs[i] for i in index.tolist()] if isinstance(train.inputs, list) else train.inputs[index]
-        targets = {name: t[index].to(self.device) for name, t in train.targets.items()}
-        views = self.views(inputs.to(self.device) if isinstance(inputs, torch.Tensor) else inputs)
-        # The forward pass updates BatchNorm statistics; keep them to restore the last good state.
-        buffers = {name: b.detach().clone() for name, b in self.model.named_buffers()}
-        with self._autocast():
-            out = self.module(views)
+    def _step(self, index: torch.Tensor) -> None:
+        """One optimisation step on the samples ``index``; its values wait on the device for :meth:`_flush`."""
+        inputs = self._train_inputs
+        if isinstance(inputs, list):
+            inputs = [inputs[i] for i in index.tolist()]
+        else:
+            inputs = inputs[index].to(self.device, non_blocking=True)
+        targets = {name: t[index].to(self.device, non_blocking=True) for name, t in self._train_targets.items()}
+        views = self.views(inputs)
         n_views = self.config.method.views
-        projections = out.projections
-        if projections is not None:
-            projections = projections.view(projections.shape[0], len(index), n_views, projections.shape[-1])
-        loss, logs = self.objective(projections, out.logits, targets, n_views)
-        # Averaged over ranks: the logged values are the global batch's, and every rank agrees on the check.
-        loss_value, *values = ddp.mean_over_ranks([loss.item(), *logs.values()], self.device)
-        logs = dict(zip(logs, values))
-        if not math.isfinite(loss_value):
-            self.model.load_state_dict(buffers, strict=False)
-            self.save("last.pt")  # the weights before this step: the last good state
-            raise TrainingError(
-                f"the loss became {loss_value} at epoch {self.state['epoch'] + 1}, step {self.state['step'] + 1} (the "
-                f"weights before this step are in {self.out_dir / 'checkpoints' / 'last.pt'}). Likely causes: a "
-                f"learning rate too high (train.lr={self.config.train.lr}) or a temperature too low "
-                f"(method.temperatures={self.config.method.temperatures}); start a new run (another --out) with a "
-                "lower train.lr or higher temperatures"
-            )
+        with self._autocast():  # the model and the objective: the loss computes its matmuls in that precision
+            out = self.module(views)
+            projections = out.projections
+            if projections is not None:
+                projections = projections.view(projections.shape[0], len(index), n_views, projections.shape[-1])
+            loss, logs = self.objective(projections, out.logits, targets, n_views)
+        self._pending.append((loss.detach(), logs, self.optimizer.param_groups[0]["lr"]))
+        if len(self._pending) >= self.log_every:
+            self._flush()  # before the update: on the CPU a non-finite loss never reaches the weights
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         ddp.average_gradients(self.objective.parameters())  # outside DDP: e.g. learnable temperatures
         if self.config.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_([*self.model.parameters(), *self.objective.parameters()],
                                      self.config.train.grad_clip)
-        self.optimizer.step()
-        logs["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate this step used (log.csv: the epoch's mean)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
-        return loss_value, logs
 
-    def _accumulate(self, loss: float, logs: dict[str, float]) -> None:
+    def _flush(self) -> None:
+        """Bring the pending steps' values to the host (one sync, one all-reduce across ranks), add them to
+        the epoch's sums and stop at the first non-finite loss."""
+        if not self._pending:
+            return
+        names = list(self._pending[0][1])
+        values = torch.stack([torch.stack([loss.float(), *(logs[n].float() for n in names)])
+                              for loss, logs, _ in self._pending])
+        # Averaged over ranks: the logged values are the global batch's, and every rank agrees on the check.
+        rows = ddp.mean_over_ranks(values, self.device).tolist()
+        first_step = self.state["global_step"] - len(self._pending) + 1
+        for offset, ((_, _, lr), (loss, *logged)) in enumerate(zip(self._pending, rows)):
+            if not math.isfinite(loss):
+                self._pending = []
+                self._diverged(loss, first_step + offset)
+            record = {"loss": loss, **dict(zip(names, logged)), "lr": lr}
+            self._accumulate(record)
+            if self.is_main:
+                for callback in self.step_callbacks:
+                    callback(first_step + offset, record)
+        self._pending = []
+
+    def _diverged(self, loss: float, global_step: int) -> None:
+        epoch, step = divmod(global_step - 1, self.steps_per_epoch)
+        last = self.out_dir / "checkpoints" / "last.pt"
+        raise TrainingError(
+            f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; {last} holds the last checkpoint before "
+            f"it (the end of epoch {self.state['epoch']}, or the start of the run). Likely causes: a learning rate "
+            f"too high (train.lr={self.config.train.lr}) or a temperature too low "
+            f"(method.temperatures={self.config.method.temperatures}); start a new run (another --out) with a "
+            "lower train.lr or higher temperatures"
+        )
+
+    def _accumulate(self, record: dict[str, float]) -> None:
         sums = self.state["epoch_sums"]
-        for key, value in {"loss": loss, **logs}.items():
+        for key, value in record.items():
             sums[key] = sums.get(key, 0.0) + value
         sums["steps"] = sums.get("steps", 0) + 1
 
@@ -246,27 +298,35 @@ class Trainer:
         """Train until ``train.epochs``; on SIGINT / SIGTERM save ``last.pt`` and raise :class:`Interrupted`."""
         train = self.config.train
         samples_per_step = train.batch_size * self.world
+        if self.state["global_step"] == 0 and self.is_main:
+            self.save("last.pt", every_rank=False)  # the start: a run that diverges early still has a good state
         with StopRequest() as stop:
             while self.state["epoch"] < train.epochs:
                 epoch = self.state["epoch"]
                 order = self._epoch_order(epoch)
+                if isinstance(self._train_inputs, torch.Tensor):  # index where the data is (on a GPU: no copy)
+                    order = order.to(self._train_inputs.device)
                 started = time.perf_counter()
                 bar = tqdm(total=self.steps_per_epoch, initial=self.state["step"], desc=f"epoch {epoch + 1}/{train.epochs}",
                            disable=not (self.progress and self.is_main), unit="step", mininterval=1.0, leave=False)
                 while self.state["step"] < self.steps_per_epoch:
                     if self._stop_requested(stop):
                         bar.close()
+                        self._flush()
                         self.state["train_seconds"] += time.perf_counter() - started
                         self.save("last.pt")
                         raise Interrupted(stop.signal_name or "a signal on another rank", self.out_dir, epoch,
                                           self.state["step"], self.world)
-                    loss, logs = self._step(order[self.state["step"]])
-                    self._accumulate(loss, logs)
                     self.state["step"] += 1
                     self.state["global_step"] += 1
-                    elapsed = max(1e-9, time.perf_counter() - started)
-                    bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{samples_per_step * bar.n / elapsed:.0f}")
+                    self._step(order[self.state["step"] - 1])
                     bar.update(1)
+                    if not self._pending:  # values just reached the host
+                        sums = self.state["epoch_sums"]
+                        elapsed = max(1e-9, time.perf_counter() - started)
+                        bar.set_postfix(loss=f"{sums['loss'] / sums['steps']:.3f}",
+                                        samples_s=f"{samples_per_step * bar.n / elapsed:.0f}")
+                self._flush()
                 bar.close()
                 seconds = time.perf_counter() - started
                 self.state["train_seconds"] += seconds
@@ -278,9 +338,12 @@ class Trainer:
                                f"({seconds:.1f} s)")
 
     def _stop_requested(self, stop: StopRequest) -> bool:
-        """Whether any rank was asked to stop (all ranks stop at the same step)."""
+        """Whether any rank was asked to stop (all ranks stop at the same step). Across ranks this is a
+        collective, asked only when values reach the host (every ``log_every`` steps)."""
         if self.world == 1:
             return stop.requested
+        if self._pending:
+            return False
         flag = torch.tensor([1.0 if stop.requested else 0.0], device=self.device)  # NCCL: a CUDA tensor
         dist.all_reduce(flag)
         return bool(flag.item() > 0)

@@ -106,8 +106,9 @@ class Method:
 
     def contrastive_loss(
         self, loss: nn.Module, projections: torch.Tensor, targets: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss of the single head's projections ``(B, V, D)`` against :meth:`relation`, and values to log."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of the single head's projections ``(B, V, D)`` against :meth:`relation`, and values to
+        log (detached 0-d tensors, left on the device: the trainer syncs them when it logs)."""
         return loss(projections[0], self.relation(targets, projections.shape[1], projections.device)), {}
 
     def _finest_head(self, dataset: Dataset) -> list[Head]:
@@ -165,9 +166,10 @@ class _SupConHeads(Method):
 
     def contrastive_loss(
         self, loss: nn.Module, projections: torch.Tensor, targets: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        value = loss(projections, self.relation(targets, projections.shape[1], projections.device))
-        return value, {f"loss_{h.name}": v for h, v in zip(self.heads, loss.last_head_losses.tolist())}
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        value, head_losses = loss(projections, self.relation(targets, projections.shape[1], projections.device),
+                                  return_head_losses=True)
+        return value, {f"loss_{h.name}": v for h, v in zip(self.heads, head_losses)}
 
 
 class SimCLR(_SupConHeads):
@@ -313,9 +315,10 @@ class Objective(nn.Module):
         logits: dict[str, torch.Tensor],
         targets: dict[str, torch.Tensor],
         n_views: int,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``projections`` ``(H, B, V, D)`` (None without heads); ``logits[level]`` ``(B·V, C)``, sample-major."""
-        logs: dict[str, float] = {}
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``projections`` ``(H, B, V, D)`` (None without heads); ``logits[level]`` ``(B·V, C)``, sample-major.
+        Returns the loss and the values to log, as detached 0-d tensors on the loss's device."""
+        logs: dict[str, torch.Tensor] = {}
         device = next(iter(targets.values())).device
         total = torch.zeros((), dtype=torch.float32, device=device)
         if self.contrastive is not None:
@@ -330,6 +333,6 @@ class Objective(nn.Module):
             else:
                 ce = F.cross_entropy(logits[level.name].float(), target, ignore_index=-1)
                 ce = torch.nan_to_num(ce, nan=0.0)  # a batch with no labelled row at this level
-            logs[f"ce_{level.name}"] = ce.item()
+            logs[f"ce_{level.name}"] = ce.detach()
             total = total + self.classifier_weight * ce
         return total, logs

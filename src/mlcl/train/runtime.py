@@ -121,11 +121,15 @@ class StopRequest:
         return self.signal_name is not None
 
 
+BACKEND_ENV = "MLCL_DIST_BACKEND"
+
+
 def init_distributed(device: str) -> tuple[int, int, int]:
     """Join the process group torchrun set up (``RANK``/``WORLD_SIZE`` in the environment).
 
     ``device`` is ``train.device`` (or a device type): NCCL for CUDA (``auto`` with a GPU), gloo
-    otherwise. Returns ``(rank, local_rank, world_size)``; ``(0, 0, 1)`` without torchrun.
+    otherwise; ``$MLCL_DIST_BACKEND`` overrides (gloo lets several processes share one GPU).
+    Returns ``(rank, local_rank, world_size)``; ``(0, 0, 1)`` without torchrun.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
@@ -138,10 +142,13 @@ def init_distributed(device: str) -> tuple[int, int, int]:
         )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    backend = os.environ.get(BACKEND_ENV) or ("nccl" if cuda else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise ConfigError(f"{BACKEND_ENV}={backend!r} is not a backend mlcl supports; use nccl or gloo (or unset it)")
     if not dist.is_initialized():
         if cuda and torch.cuda.is_available():
             torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend=backend)
     return dist.get_rank(), local_rank, dist.get_world_size()
 
 
