@@ -163,7 +163,8 @@ class TrainConfig:
             raise ConfigError(f"{key}.weight_decay must be >= 0, got {self.weight_decay}")
         _check_range(f"{key}.momentum", self.momentum, 0.0, 1.0, low_open=False, high_open=True)
         if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError(f"{key}.warmup_epochs must be in [0, {key}.epochs={self.epochs}], got {self.warmup_epochs}: "
+            raise ConfigError(f"{key}.warmup_epochs must be in [0, {key}.epochs={self.epochs}], "
+                              f"got {self.warmup_epochs}: "
                               "the learning rate warms up, then decays over the remaining epochs")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{key}.threads must be >= 1 or null (torch's default), got {self.threads}")
@@ -206,7 +207,9 @@ class Config:
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{did_you_mean(str(value), choices)}")
+        raise ConfigError(
+            f"{key} must be one of {', '.join(choices)}; got {value!r}{did_you_mean(str(value), choices)}"
+        )
 
 
 def _check_range(key: str, value: float, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
@@ -229,7 +232,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             valid = [f"{prefix}.{n}" if prefix else n for n in names]
-            raise ConfigError(f"unknown config key {full!r}{did_you_mean(full, valid)}; valid keys here: {', '.join(names)}")
+            raise ConfigError(
+                f"unknown config key {full!r}{did_you_mean(full, valid)}; valid keys here: {', '.join(names)}"
+            )
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _build(hint, value, full)
@@ -237,7 +242,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         ok, converted = fits_type(hint, value)
         if not ok:
             finite = " (a finite number)" if float in (hint, *typing.get_args(hint)) else ""
-            raise ConfigError(f"{full} must be of type {type_name(hint)}{finite}, got {value!r} ({type(value).__name__})")
+            raise ConfigError(
+                f"{full} must be of type {type_name(hint)}{finite}, got {value!r} ({type(value).__name__})"
+            )
         kwargs[key] = converted
     return cls(**kwargs)
 
@@ -295,7 +302,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections (data:, method:, ...), got {type(raw).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections (data:, method:, ...), got {type(raw).__name__}"
+        )
     return raw
 
 

@@ -25,11 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mlcl.distributed import rank_and_world
 from mlcl.train.views import ViewMaker
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class _GlobalBatchNormFunction(torch.autograd.Function):
@@ -44,7 +41,7 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):  # noqa: D102
+    def forward(ctx, x, weight, bias, eps):
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
         var, mean = torch.var_mean(x, dims, correction=0)
@@ -65,7 +62,7 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
         return out, mean, var
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_mean, _grad_var):  # noqa: D102
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
         x, weight, mean, invstd = ctx.saved_tensors
         grad_out = grad_out.contiguous()
         ones = torch.ones_like(mean) if weight is None else weight
@@ -102,7 +99,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2-D input (N, C, ...), got {input.dim()}-D")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and _world() > 1):
+        if not (self.training and rank_and_world()[1] > 1):
             return super().forward(input)
         self._check_input_dim(input)
         x = input if input.dtype in (torch.float32, torch.float64) else input.float()
@@ -113,7 +110,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                n = input.numel() // input.shape[1] * _world()
+                n = input.numel() // input.shape[1] * rank_and_world()[1]
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_((var * (n / max(n - 1, 1))).to(self.running_var.dtype), momentum)
         return out.to(input.dtype)
@@ -166,11 +163,11 @@ def wrap_model(model: nn.Module, device: torch.device, *, find_unused_parameters
 def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
     """Average the gradients of parameters outside the DDP module (e.g. learnable temperatures)."""
     params = [p for p in parameters if p.requires_grad]
-    if not params or _world() == 1:
+    if not params or rank_and_world()[1] == 1:
         return
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     dist.all_reduce(flat)
-    flat /= _world()
+    flat /= rank_and_world()[1]
     offset = 0
     for p in params:
         p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
@@ -179,7 +176,7 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
 
 def mean_over_ranks(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The mean of ``values`` over ranks (one all-reduce on ``device``; identical on every rank)."""
-    world = _world()
+    world = rank_and_world()[1]
     if world == 1:
         return values
     tensor = values.to(device=device, dtype=torch.float64)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import csv
 import math
 import time
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -268,7 +268,8 @@ class Trainer:
         train = self.config.train
         last_epoch = self.state["epoch"] + 1 == train.epochs
         if self.is_main and ((self.state["epoch"] + 1) % train.monitor_every == 0 or last_epoch):
-            score = monitor_score(self.model, self.dataset, self.device, train.monitor_train_samples, self.config.eval.knn_k)
+            score = monitor_score(self.model, self.dataset, self.device, train.monitor_train_samples,
+                                  self.config.eval.knn_k)
             if score is not None:
                 record["val_knn"] = score
                 if self.state["best"] is None or score > self.state["best"]:
@@ -307,8 +308,9 @@ class Trainer:
                 if isinstance(self._train_inputs, torch.Tensor):  # index where the data is (on a GPU: no copy)
                     order = order.to(self._train_inputs.device)
                 started = time.perf_counter()
-                bar = tqdm(total=self.steps_per_epoch, initial=self.state["step"], desc=f"epoch {epoch + 1}/{train.epochs}",
-                           disable=not (self.progress and self.is_main), unit="step", mininterval=1.0, leave=False)
+                bar = tqdm(total=self.steps_per_epoch, initial=self.state["step"],
+                           desc=f"epoch {epoch + 1}/{train.epochs}", disable=not (self.progress and self.is_main),
+                           unit="step", mininterval=1.0, leave=False)
                 while self.state["step"] < self.steps_per_epoch:
                     if self._stop_requested(stop):
                         bar.close()
@@ -369,7 +371,9 @@ def resume_run(out_dir: str | Path, *, progress: bool = True) -> Trainer:
     """The run in ``out_dir``, restored from its last checkpoint."""
     out_dir = Path(out_dir)
     if not (out_dir / "config.yaml").exists():
-        raise CheckpointError(f"{out_dir} is not a run directory (no config.yaml); start one with mlcl train --out {out_dir}")
+        raise CheckpointError(
+            f"{out_dir} is not a run directory (no config.yaml); start one with mlcl train --out {out_dir}"
+        )
     trainer = Trainer(build_run(load_config(out_dir / "config.yaml"), out_dir, progress=progress), progress=progress)
     trainer.restore(out_dir / "checkpoints" / "last.pt")
     world = trainer.state.get("world", 1)

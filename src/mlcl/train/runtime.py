@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from mlcl.distributed import rank_and_world
 from mlcl.errors import ConfigError
 
 
@@ -162,7 +163,7 @@ def join_local_group(rank: int, world: int, port: int, timeout_s: float = 120.0)
 
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if rank_and_world()[1] > 1:
         if dist.get_backend() == "nccl":
             dist.barrier(device_ids=[torch.cuda.current_device()])
         else:
