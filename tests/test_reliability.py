@@ -129,6 +129,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_p
         (["--set", "data.fraction=0.00001"], "larger than the training set"),
         (["--set", "train.batch_size=100000"], "batch_size"),
         (["--set", "method.heads=[coarse,medium]"], "not a level"),
+        (["--set", "seed=9223372036854775807"], "seed must be in [0, 4294967295], got 9223372036854775807"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):

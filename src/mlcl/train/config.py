@@ -185,6 +185,9 @@ class EvalConfig:
                 raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")
 
 
+MAX_SEED = 2**32 - 1
+
+
 @dataclass
 class Config:
     seed: int = 0
@@ -195,6 +198,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> Config:
+        # Seeds derive further seeds (per epoch, per rank) that must stay within torch's 64-bit range.
+        _check_range("seed", self.seed, 0, MAX_SEED, low_open=False, high_open=False)
         for section in dataclasses.fields(self):
             value = getattr(self, section.name)
             if hasattr(value, "validate"):
