@@ -53,10 +53,10 @@ def test_load_run_best_is_the_monitored_checkpoint_and_never_an_unknown_one(tmp_
 
 
 def test_load_run_refuses_what_is_not_a_run(tmp_path):
-    with pytest.raises(CheckpointError, match="is not a run directory"):
+    with pytest.raises(CheckpointError, match="is not a run folder"):
         load_run(tmp_path)
     (tmp_path / "config.yaml").write_text("seed: 0\n")
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="mlcl continues only runs it created"):
         load_run(tmp_path)
 
 

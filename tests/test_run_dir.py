@@ -48,13 +48,23 @@ def test_a_folder_under_proc_is_one_line():
 def test_an_existing_run_is_refused_with_the_command_that_continues_it(tmp_path):
     run = create_run_dir(tmp_path / "run")
     (run / "config.yaml").write_text("seed: 0\n")
-    with pytest.raises(ConfigError, match=f"stopped before its first checkpoint; start it again with mlcl train "
-                                          f"--resume {run}"):
-        create_run_dir(run)
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.pt").write_bytes(b"x")
     with pytest.raises(ConfigError, match=f"already holds a run; continue it with mlcl train --resume {run}"):
         create_run_dir(run)
+    (run / MARKER).unlink()  # a run of an older mlcl is recognised by its last.pt
+    with pytest.raises(ConfigError, match=f"already holds a run; continue it with mlcl train --resume {run}"):
+        create_run_dir(run)
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_anew_with_out(tmp_path):
+    run = create_run_dir(tmp_path / "run")
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "best.pt").write_bytes(b"from the killed attempt")
+    (run / "checkpoints" / ".last.pt.abc123.tmp").write_bytes(b"half written")
+    assert create_run_dir(run) == run
+    assert list((run / "checkpoints").iterdir()) == []
 
 
 def test_resume_tidies_a_run_killed_before_its_first_checkpoint(tmp_path):

@@ -14,14 +14,19 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mlcl.errors import MlclError
 from mlcl.train.launch import distributed_worker, launch_local
+from mlcl.train.runtime import Stopped, stop_on_signals
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+ALLOW_DATA_CHANGE_HELP = ("go on although the data differs from what the run was trained on (by default that is "
+                          "an error naming what changed)")
 
 
 def _summary_table(metrics: dict[str, Any]) -> str:
@@ -59,6 +64,23 @@ def _launch_distributed(nproc: int, argv: list[str], debug: bool = False) -> int
     return launch_local(nproc, forwarded, debug=debug)
 
 
+@contextmanager
+def _stopped_then(advice: Callable[[], str]) -> Iterator[None]:
+    """A signal (:class:`Stopped`) in the block becomes a one-line ``Interrupted`` saying what to run next."""
+    from mlcl.train.loop import Interrupted
+
+    try:
+        yield
+    except Stopped as exc:
+        raise Interrupted(f"{exc.signal_name} received {advice()}") from None
+
+
+def _restart_advice(out: str) -> str:
+    if (Path(out) / "config.yaml").is_file():
+        return f"while the run was being prepared; nothing was trained: start it again with mlcl train --resume {out}"
+    return "before the run folder was written; run the same command again"
+
+
 @distributed_worker  # in a torchrun worker: report a failure to the launcher, close the process group
 def cmd_train(args: argparse.Namespace) -> int:
     from mlcl.train.config import load_config
@@ -70,16 +92,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.set:
             raise MlclError("--resume continues a run with its saved config; drop --config / --set")
-        trainer = resume_run(args.resume, progress=not args.quiet)
+        out = args.resume
+        with _stopped_then(lambda: f"while the run was being restored; continue with mlcl train --resume {out}"):
+            trainer = resume_run(out, progress=not args.quiet, allow_data_change=args.allow_data_change)
     else:
         if args.out is None:
             raise MlclError("mlcl train needs --out DIR (where checkpoints, logs and metrics go)")
-        trainer = start_run(load_config(args.config, args.set), args.out, progress=not args.quiet)
-    trainer.train()
+        if args.allow_data_change:
+            raise MlclError("--allow-data-change goes with --resume (a new run records the data as it is)")
+        out = args.out
+        config = load_config(args.config, args.set)
+        with _stopped_then(lambda: _restart_advice(out)):
+            trainer = start_run(config, out, progress=not args.quiet)
+    with _stopped_then(lambda: f"a second time: stopped at once; continue from the last epoch's checkpoint with "
+                               f"mlcl train --resume {out}"):
+        trainer.train()
     if not trainer.is_main:
         return 0
-    trainer.run.load_weights("best")  # chosen on validation
-    metrics = evaluate_run(trainer.run)
+    with _stopped_then(lambda: f"during evaluation; training is complete: evaluate it with mlcl eval {out}"):
+        trainer.run.load_weights("best")  # chosen on validation
+        metrics = evaluate_run(trainer.run)
     print(f"\n{trainer.dataset.name} / {trainer.config.method.name}: {metrics['epochs']} epochs in "
           f"{metrics['train_seconds']:.1f} s; test results (best epoch {metrics['best_epoch']}):")
     print(_summary_table(metrics))
@@ -91,7 +123,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from mlcl.train.results import evaluate_run
     from mlcl.train.run import load_run
 
-    metrics = evaluate_run(load_run(args.run_dir, "best", progress=not args.quiet))
+    with _stopped_then(lambda: f"during evaluation; evaluate again with mlcl eval {args.run_dir}"):
+        run = load_run(args.run_dir, "best", progress=not args.quiet, allow_data_change=args.allow_data_change)
+        metrics = evaluate_run(run)
     print(_summary_table(metrics))
     return 0
 
@@ -99,7 +133,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from mlcl.train.embed import export_embeddings
 
-    path, count, dims = export_embeddings(Path(args.run_dir), args.input, args.head, Path(args.out))
+    with _stopped_then(lambda: "before the embeddings were complete; run the same mlcl embed command again"):
+        path, count, dims = export_embeddings(Path(args.run_dir), args.input, args.head, Path(args.out),
+                                              allow_data_change=args.allow_data_change)
     print(f"wrote {count} embeddings of dimension {dims} to {path}")
     return 0
 
@@ -134,11 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     train.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--allow-data-change", action="store_true", help=ALLOW_DATA_CHANGE_HELP)
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("eval", help="re-evaluate a finished run")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--allow-data-change", action="store_true", help=ALLOW_DATA_CHANGE_HELP)
     evaluate.set_defaults(func=cmd_eval)
 
     embed = sub.add_parser("embed", help="export embeddings of a trained run")
@@ -147,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train, val or test (the run's own splits) or a CSV/JSONL file with the run's input column")
     embed.add_argument("--head", default="encoder", help="a head name (see the run's config) or 'encoder'")
     embed.add_argument("--out", required=True, help="output file: .npy, .pt or .csv")
+    embed.add_argument("--allow-data-change", action="store_true", help=ALLOW_DATA_CHANGE_HELP)
     embed.set_defaults(func=cmd_embed)
 
     datasets = sub.add_parser("datasets", help="list the built-in datasets and whether their data is here")
@@ -166,19 +205,23 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     from mlcl.train.loop import Interrupted
 
-    try:
-        return args.func(args)
-    except MlclError as exc:
-        if args.debug:
-            raise
-        print(f"mlcl: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except Interrupted as exc:
-        print(f"mlcl: {exc}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("mlcl: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with stop_on_signals():
+        try:
+            return args.func(args)
+        except MlclError as exc:
+            if args.debug:
+                raise
+            print(f"mlcl: error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except Interrupted as exc:
+            print(f"mlcl: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Stopped as exc:
+            print(f"mlcl: {exc.signal_name} received: stopped", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except KeyboardInterrupt:
+            print("mlcl: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

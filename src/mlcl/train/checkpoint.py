@@ -20,6 +20,8 @@ FORMAT_VERSION = 1
 # The parts of a training run's checkpoint and the type each must have.
 RUN_CHECKPOINT_KEYS = {"model": Mapping, "objective": Mapping, "optimizer": Mapping, "scheduler": Mapping,
                        "loop": Mapping, "rng": Mapping, "config": Mapping}
+LOOP_KEYS = {"epoch": int, "step": int, "global_step": int, "history": list, "epoch_sums": Mapping,
+             "train_seconds": (int, float)}
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -78,9 +80,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def check_run_checkpoint(state: Mapping[str, Any], path: Path) -> None:
     """A training run's checkpoint has every part (weights, optimiser, schedule, loop record, RNG, config)."""
-    for key, kind in RUN_CHECKPOINT_KEYS.items():
-        if not isinstance(state.get(key), kind):
-            problem = "lacks" if key not in state else "has a malformed"
+    parts = [(key, state.get(key), kind) for key, kind in RUN_CHECKPOINT_KEYS.items()]
+    loop = state.get("loop")
+    if isinstance(loop, Mapping):
+        parts += [(f"loop.{key}", loop.get(key), kind) for key, kind in LOOP_KEYS.items()]
+    for key, value, kind in parts:
+        if not isinstance(value, kind) or isinstance(value, bool):
+            problem = "lacks the" if value is None else "has a malformed"
             raise CheckpointError(f"{path} {problem} {key!r} part; it is damaged or was not written by an mlcl "
                                   f"training run: {_unusable(path)}")
 

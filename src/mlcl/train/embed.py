@@ -43,11 +43,12 @@ def _inputs(run: Run, source: str):
     return inputs
 
 
-def export_embeddings(run_dir: Path, source: str, head: str, out: Path) -> tuple[Path, int, int]:
+def export_embeddings(run_dir: Path, source: str, head: str, out: Path, *,
+                      allow_data_change: bool = False) -> tuple[Path, int, int]:
     """Write embeddings of ``source`` by ``head`` (or ``"encoder"``) to ``out``; returns (path, N, D)."""
     if out.suffix not in FORMATS:
         raise MlclError(f"--out must end in one of {', '.join(FORMATS)}, got {out.name}")
-    run = load_run(run_dir, "best")
+    run = load_run(run_dir, "best", allow_data_change=allow_data_change)
     inputs = _inputs(run, source)
     names = [h.name for h in run.heads]
     if head == "encoder":

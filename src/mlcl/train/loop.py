@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -24,23 +25,46 @@ from tqdm.auto import tqdm
 
 from mlcl.errors import CheckpointError, ConfigError, TrainingError
 from mlcl.train import ddp
-from mlcl.train.checkpoint import save_checkpoint
+from mlcl.train.checkpoint import load_weights, restore_state, save_checkpoint
 from mlcl.train.config import Config, load_config, save_config
 from mlcl.train.evaluation import monitor_score
-from mlcl.train.run import Run, build_run, read_checkpoint
+from mlcl.train.run import Run, build_run, check_same_data, read_checkpoint
+from mlcl.train.run_dir import create_run_dir, is_writer, prepare_resume
 from mlcl.train.runtime import StopRequest, barrier, seed_rank
 from mlcl.train.views import ViewMaker
 
 
 class Interrupted(Exception):
-    """Training stopped on a signal after writing a resumable checkpoint."""
+    """A command stopped on a signal; the message (one line) says what to run to go on, if anything."""
 
-    def __init__(self, signal_name: str, out_dir: Path, epoch: int, step: int, world: int = 1):
-        nproc = f" --nproc {world}" if world > 1 else ""  # the global batch must not change (resume_run)
-        super().__init__(
-            f"{signal_name} received: stopped at epoch {epoch + 1}, step {step}; a resumable checkpoint is in "
-            f"{out_dir / 'checkpoints' / 'last.pt'}. Continue with: mlcl train --resume {out_dir}{nproc}"
-        )
+
+def stopped_training(signal_name: str, out_dir: Path, epoch: int, step: int, world: int = 1) -> Interrupted:
+    """Training stopped on a signal after writing a resumable checkpoint."""
+    nproc = f" --nproc {world}" if world > 1 else ""  # the global batch must not change (resume_run)
+    return Interrupted(
+        f"{signal_name} received: stopped at epoch {epoch + 1}, step {step}; a resumable checkpoint is in "
+        f"{out_dir / 'checkpoints' / 'last.pt'}. Continue with: mlcl train --resume {out_dir}{nproc}"
+    )
+
+
+# Inputs larger than this (in absolute value) overflow float32 after a few layers: the data is the likely cause.
+LARGE_INPUT = 1e6
+
+
+def _non_finite_causes(inputs: torch.Tensor | list[str], first_step: bool, config: Config) -> str:
+    """The likely causes of a non-finite loss: the data first when the training inputs are huge."""
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+        largest = inputs.detach().abs().max().item()
+        if not math.isfinite(largest) or largest > LARGE_INPUT:
+            return (f"The training inputs reach {largest:.3g} in absolute value, too large for the network: scale the "
+                    f"data (e.g. standardise each feature column of {config.data.path or config.data.name}) and "
+                    "start a new run (another --out)")
+    if first_step:
+        return ("It happened before any weight update, so the learning rate is not the cause: check the data "
+                f"and method.temperatures={config.method.temperatures}, then start a new run (another --out)")
+    return (f"Likely causes: a learning rate too high (train.lr={config.train.lr}) or a temperature too low "
+            f"(method.temperatures={config.method.temperatures}); start a new run (another --out) with a lower "
+            "train.lr or higher temperatures")
 
 
 GPU_LOG_EVERY = 25  # default steps between host syncs on a GPU
@@ -143,6 +167,7 @@ class Trainer:
             "rng": {"torch": torch_rng, "views": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "config": self.config.to_dict(),
+            "data": self.run.data_fingerprint,
         }
 
     def save(self, name: str, *, every_rank: bool = True) -> None:
@@ -155,26 +180,31 @@ class Trainer:
         if self.is_main:
             save_checkpoint(self._checkpoint_state(torch_rng), self.out_dir / "checkpoints" / name)
 
-    def restore(self, path: Path) -> None:
-        """Continue from a checkpoint of this run: weights, optimiser, schedule, position and RNG."""
+    def restore(self, path: Path, *, allow_data_change: bool = False) -> None:
+        """Continue from a checkpoint of this run: weights, optimiser, schedule, position and RNG. Data
+        that changed since it was written is refused unless ``allow_data_change``."""
         state = read_checkpoint(self.run, path)
-        self.model.load_state_dict(state["model"])
-        self.objective.load_state_dict(state["objective"])
+        check_same_data(self.run, state, path, allow_data_change)
+        load_weights(self.model, state["model"], path)
+        load_weights(self.objective, state["objective"], path, "objective")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as exc:  # e.g. a checkpoint from an mlcl with one parameter group
             raise CheckpointError(f"{path} holds an optimiser state this version cannot continue ({exc}); "
                                   "start the run again with another --out") from None
-        self.scheduler.load_state_dict(state["scheduler"])
+        restore_state(self.scheduler.load_state_dict, state["scheduler"], path, "learning-rate schedule")
         if state.get("scaler"):  # fp16 runs; older checkpoints have none
-            self.scaler.load_state_dict(state["scaler"])
+            restore_state(self.scaler.load_state_dict, state["scaler"], path, "loss-scaler state")
         self.run.state = state["loop"]
-        torch_rng = state["rng"]["torch"]
+        rng = state["rng"]
+        torch_rng = rng.get("torch")
         torch_rng = torch_rng if isinstance(torch_rng, list) else [torch_rng]  # older checkpoints: one state
-        torch.set_rng_state(torch_rng[self.rank if self.rank < len(torch_rng) else 0].cpu())
-        self.generator.set_state(state["rng"]["views"].cpu())
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        own = torch_rng[self.rank if self.rank < len(torch_rng) else 0]
+        restore_state(lambda s: torch.set_rng_state(s.cpu()), own, path, "random-number state")
+        restore_state(lambda s: self.generator.set_state(s.cpu()), rng.get("views"), path, "random-number state")
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            restore_state(lambda s: torch.cuda.set_rng_state_all([t.cpu() for t in s]), rng["cuda"], path,
+                          "random-number state")
 
     # ------------------------------------------------------------------ training
     def _epoch_order(self, epoch: int) -> torch.Tensor:
@@ -248,10 +278,8 @@ class Trainer:
         last = self.out_dir / "checkpoints" / "last.pt"
         raise TrainingError(
             f"the loss became {loss} at epoch {epoch + 1}, step {step + 1}; {last} holds the last checkpoint before "
-            f"it (the end of epoch {self.state['epoch']}, or the start of the run). Likely causes: a learning rate "
-            f"too high (train.lr={self.config.train.lr}) or a temperature too low "
-            f"(method.temperatures={self.config.method.temperatures}); start a new run (another --out) with a "
-            "lower train.lr or higher temperatures"
+            f"it (the end of epoch {self.state['epoch']}, or the start of the run). "
+            + _non_finite_causes(self.dataset.train.inputs, global_step == 1, self.config)
         )
 
     def _accumulate(self, record: dict[str, float]) -> None:
@@ -317,8 +345,8 @@ class Trainer:
                         self._flush()
                         self.state["train_seconds"] += time.perf_counter() - started
                         self.save("last.pt")
-                        raise Interrupted(stop.signal_name or "a signal on another rank", self.out_dir, epoch,
-                                          self.state["step"], self.world)
+                        raise stopped_training(stop.signal_name or "a signal on another rank", self.out_dir, epoch,
+                                               self.state["step"], self.world)
                     self.state["step"] += 1
                     self.state["global_step"] += 1
                     self._step(order[self.state["step"] - 1])
@@ -338,6 +366,10 @@ class Trainer:
                     extra = f", val kNN {record['val_knn']:.4f}" if "val_knn" in record else ""
                     tqdm.write(f"epoch {record['epoch']}/{train.epochs}: loss {record['loss']:.4f}{extra} "
                                f"({seconds:.1f} s)")
+            if self._stop_requested(stop):  # during the last step or the last monitor: do not evaluate
+                raise Interrupted(f"{stop.signal_name or 'a signal on another rank'} received after the last epoch; "
+                                  f"training is complete (checkpoints in {self.out_dir / 'checkpoints'}) but not "
+                                  f"evaluated: evaluate it with mlcl eval {self.out_dir}")
 
     def _stop_requested(self, stop: StopRequest) -> bool:
         """Whether any rank was asked to stop (all ranks stop at the same step). Across ranks this is a
@@ -352,30 +384,26 @@ class Trainer:
 
 
 def start_run(config: Config, out_dir: str | Path, *, progress: bool = True) -> Trainer:
-    """A fresh run in ``out_dir`` (refuses to overwrite another run's checkpoints)."""
-    out_dir = Path(out_dir)
-    if (out_dir / "checkpoints").is_dir() and any((out_dir / "checkpoints").iterdir()):
-        raise ConfigError(f"{out_dir} already holds a run's checkpoints; continue it with --resume {out_dir} or "
-                          "choose another --out")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"--out {out_dir} is (or is inside) a file; give a directory for the run") from None
-    trainer = Trainer(build_run(config, out_dir, progress=progress), progress=progress)
-    if trainer.is_main:
+    """A fresh run in ``out_dir``: a new or empty folder (see :mod:`mlcl.train.run_dir`). Its config is
+    saved first, so a run stopped while it is built can be started again with ``--resume``."""
+    out_dir = create_run_dir(out_dir)
+    if is_writer():
         save_config(config, out_dir / "config.yaml")
-    return trainer
+    return Trainer(build_run(config, out_dir, progress=progress), progress=progress)
 
 
-def resume_run(out_dir: str | Path, *, progress: bool = True) -> Trainer:
-    """The run in ``out_dir``, restored from its last checkpoint."""
+def resume_run(out_dir: str | Path, *, progress: bool = True, allow_data_change: bool = False) -> Trainer:
+    """The run in ``out_dir``, restored from its last checkpoint; a run stopped before its first
+    checkpoint starts again from its saved config."""
     out_dir = Path(out_dir)
-    if not (out_dir / "config.yaml").exists():
-        raise CheckpointError(
-            f"{out_dir} is not a run directory (no config.yaml); start one with mlcl train --out {out_dir}"
-        )
+    resumable = prepare_resume(out_dir)
     trainer = Trainer(build_run(load_config(out_dir / "config.yaml"), out_dir, progress=progress), progress=progress)
-    trainer.restore(out_dir / "checkpoints" / "last.pt")
+    if not resumable:
+        if trainer.is_main:
+            print(f"mlcl: {out_dir} has no checkpoint yet (it stopped before its first one): starting it again "
+                  "from its saved config", file=sys.stderr)
+        return trainer
+    trainer.restore(out_dir / "checkpoints" / "last.pt", allow_data_change=allow_data_change)
     world = trainer.state.get("world", 1)
     if world != trainer.world:  # train.batch_size is per process: another count changes the batch and schedule
         raise CheckpointError(

@@ -7,21 +7,24 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from mlcl.data.fingerprint import data_change, data_fingerprint
 from mlcl.data.types import Dataset
-from mlcl.errors import CheckpointError, ConfigError
+from mlcl.errors import CheckpointError, ConfigError, DataError
 from mlcl.models.encoders import build_encoder
 from mlcl.models.heads import MultiHeadProjector
 from mlcl.models.model import MultiLevelModel
-from mlcl.train.checkpoint import load_checkpoint
-from mlcl.train.config import IMAGE_ENCODERS, TEXT_ENCODERS, Config, load_config
+from mlcl.train.checkpoint import check_run_checkpoint, load_checkpoint, load_weights
+from mlcl.train.config import IMAGE_ENCODERS, TEXT_ENCODERS, Config, DataConfig, load_config
 from mlcl.train.data_setup import frozen_text_options, load_data, prepare_dataset, uses_frozen_text_encoder
 from mlcl.train.methods import Head, Objective
+from mlcl.train.run_dir import open_run_dir
 from mlcl.train.runtime import configure_threads, init_distributed, resolve_device, seed_everything
 
 Checkpoint = Literal["best", "last"]
@@ -36,7 +39,8 @@ def new_loop_state(world: int = 1) -> dict[str, Any]:
 @dataclass
 class Run:
     """One configured run. ``state`` is the training loop's record (epochs done, history, best score);
-    ``out_dir`` holds its config, checkpoints and results (None for a run that is never saved)."""
+    ``out_dir`` holds its config, checkpoints and results (None for a run that is never saved);
+    ``data_fingerprint`` identifies the data as loaded (:mod:`mlcl.data.fingerprint`), saved in checkpoints."""
 
     config: Config
     dataset: Dataset
@@ -47,6 +51,7 @@ class Run:
     rank: int = 0
     world: int = 1
     state: dict[str, Any] = field(default_factory=new_loop_state)
+    data_fingerprint: dict[str, Any] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -66,7 +71,7 @@ class Run:
     def load_weights(self, which: Checkpoint) -> Path:
         """Load the model weights of this run's ``which`` checkpoint (see :func:`checkpoint_path`)."""
         path = checkpoint_path(self, which)
-        self.model.load_state_dict(read_checkpoint(self, path)["model"])
+        load_weights(self.model, read_checkpoint(self, path)["model"], path)
         return path
 
 
@@ -82,16 +87,42 @@ def checkpoint_path(run: Run, which: Checkpoint) -> Path:
 
 
 def read_checkpoint(run: Run, path: Path) -> dict[str, Any]:
-    """A checkpoint of this run, refused when another config wrote it."""
+    """A checkpoint of this run, refused when another config wrote it or a part is missing."""
     state = load_checkpoint(path, map_location=run.device)
+    check_run_checkpoint(state, path)
     if state["config"] != run.config.to_dict():
         raise CheckpointError(f"{path} was written by a different config than {run.out_dir / 'config.yaml'}")
     return state
 
 
+def check_same_data(run: Run, state: dict[str, Any], path: Path, allow_change: bool = False) -> None:
+    """Refuse (or, with ``allow_change``, warn about) data that differs from what ``path`` was trained on.
+    Checkpoints of an mlcl without fingerprints are not checked."""
+    saved = state.get("data")
+    change = data_change(saved, run.data_fingerprint) if saved and run.data_fingerprint else None
+    if change is None:
+        return
+    if not allow_change:
+        raise DataError(f"the data changed since {path} was written: {change}; use the data it was trained on, or "
+                        "pass --allow-data-change to go on with the data as it is now")
+    if run.is_main:
+        print(f"mlcl: warning: the data changed since {path} was written ({change}); going on as "
+              "--allow-data-change asks", file=sys.stderr)
+
+
+def data_files(data: DataConfig) -> list[str]:
+    """The paths the data config names (``data.path`` and any option naming a path, e.g. a hierarchy)."""
+    return [value for value in (data.path, *data.options.values()) if isinstance(value, str) and value]
+
+
 def check_encoder(config: Config, dataset: Dataset) -> None:
     """Refuse a ``model.encoder`` that cannot read the data's inputs (before any text is embedded)."""
     encoder, modality = config.model.encoder, dataset.modality
+    if encoder in TEXT_ENCODERS and modality == "features" and config.data.name == "table" \
+            and "input_kind" not in config.data.options:
+        raise ConfigError(f"model.encoder={encoder} reads text, but the input column of {dataset.name} was read as "
+                          "numbers (its first value is one); if it holds text set data.options.input_kind=text, "
+                          "else use model.encoder=mlp")
     if encoder in TEXT_ENCODERS and modality != "text":
         raise ConfigError(f"model.encoder={encoder} reads text, but {dataset.name} gives {modality}; use "
                           + ("small_cnn or resnet18" if modality == "image" else "mlp"))
@@ -147,6 +178,7 @@ def build_run(config: Config, out_dir: str | Path | None = None, *, progress: bo
     configure_threads(config.train.threads)  # default: the cores shared out between local processes
     seed_everything(config.seed)
     dataset = load_data(config)
+    fingerprint = data_fingerprint(dataset, config.data.name, data_files(config.data), config.seed)
     check_encoder(config, dataset)
     dataset = prepare_dataset(dataset, config, progress=progress and rank == 0)  # one progress bar
     if dataset.multi_label and (dataset.val is None or len(dataset.val) == 0):
@@ -157,21 +189,25 @@ def build_run(config: Config, out_dir: str | Path | None = None, *, progress: bo
     objective = Objective(config.method, dataset, gather_distributed=world > 1).to(device)
     model = build_model(config, dataset, objective).to(device)
     return Run(config, dataset, objective, model, device, Path(out_dir) if out_dir is not None else None,
-               rank, world, new_loop_state(world))
+               rank, world, new_loop_state(world), fingerprint)
 
 
-def load_run(run_dir: str | Path, checkpoint: Checkpoint = "best", *, progress: bool = False) -> Run:
+def load_run(run_dir: str | Path, checkpoint: Checkpoint = "best", *, progress: bool = False,
+             allow_data_change: bool = False) -> Run:
     """The saved run in ``run_dir`` with the weights of its ``checkpoint`` (``"best"``: see
-    :func:`checkpoint_path`) and the loop record of its last checkpoint."""
+    :func:`checkpoint_path`) and the loop record of its last checkpoint. Data that changed since the run
+    was trained is refused unless ``allow_data_change``."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.yaml); give the --out folder of an "
-                              "mlcl train run")
+    if not open_run_dir(run_dir):
+        raise CheckpointError(f"{run_dir} has no checkpoint yet (the run stopped before its first one); start it "
+                              f"again with mlcl train --resume {run_dir}")
     run = build_run(load_config(run_dir / "config.yaml"), run_dir, progress=progress)
-    last = read_checkpoint(run, run.checkpoint_file("last.pt"))
+    path = run.checkpoint_file("last.pt")
+    last = read_checkpoint(run, path)
+    check_same_data(run, last, path, allow_data_change)
     run.state = last["loop"]
-    run.objective.load_state_dict(last["objective"])
-    run.model.load_state_dict(last["model"])
+    load_weights(run.objective, last["objective"], path, "objective")
+    load_weights(run.model, last["model"], path)
     if checkpoint_path(run, checkpoint) != run.checkpoint_file("last.pt"):
         run.load_weights(checkpoint)
     return run

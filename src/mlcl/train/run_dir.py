@@ -2,9 +2,10 @@
 
 ``mlcl train --out DIR`` creates ``DIR`` (or takes an empty one) and marks it with :data:`MARKER`. mlcl
 writes only into marked folders: a folder holding anything else is refused, and so is a folder that
-holds a run already (continue it with ``--resume``). A run killed before its first complete
-``last.pt`` has nothing to continue; ``mlcl train --resume DIR`` starts it again from its saved config.
-Temp files a kill left behind (``.*.tmp``) are removed when a run is resumed.
+holds a run already (continue it with ``--resume``). A run stopped before its first complete
+``last.pt`` has nothing to continue: ``mlcl train --resume DIR`` starts it again from its saved config,
+and ``mlcl train --out DIR`` starts it again with a new one. Temp files a kill left behind (``.*.tmp``)
+are removed when a run starts or resumes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ MARKER = ".mlcl-run"
 CHECKPOINTS = "checkpoints"
 
 
-def _is_writer() -> bool:
+def is_writer() -> bool:
     """Whether this process writes the run folder (rank 0 of a torchrun job, or the only process)."""
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -45,16 +46,16 @@ def create_run_dir(out: str | Path) -> Path:
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} is a file; give a folder for the run")
+    if _last_checkpoint(folder).is_file():
+        raise ConfigError(f"{folder} already holds a run; continue it with mlcl train --resume {folder} or choose "
+                          "another --out")
+    if (folder / MARKER).is_file():  # a run of ours stopped before its first checkpoint: start it anew
+        _remove_partial_run(folder)
+        return folder
     if folder.is_dir() and any(folder.iterdir()):
-        if (folder / MARKER).is_file():
-            if _last_checkpoint(folder).is_file():
-                raise ConfigError(f"{folder} already holds a run; continue it with mlcl train --resume {folder} or "
-                                  "choose another --out")
-            raise ConfigError(f"{folder} holds a run that stopped before its first checkpoint; start it again with "
-                              f"mlcl train --resume {folder}, or choose another --out")
         raise ConfigError(f"--out {folder} already holds files mlcl did not write ({_listing(folder)}); mlcl writes "
                           "only into a new or empty folder: choose another --out")
-    if _is_writer():
+    if is_writer():
         try:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / MARKER).write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n",
@@ -74,6 +75,15 @@ def remove_temp_files(folder: Path) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def _remove_partial_run(folder: Path) -> None:
+    """Delete the temp files and checkpoints of a run that has no ``last.pt`` (nothing to continue)."""
+    if is_writer():
+        remove_temp_files(folder)
+        if (folder / CHECKPOINTS).is_dir():
+            for partial in (folder / CHECKPOINTS).glob("*.pt"):
+                partial.unlink()
 
 
 def open_run_dir(run_dir: str | Path) -> bool:
@@ -96,9 +106,9 @@ def prepare_resume(run_dir: str | Path) -> bool:
     it then starts again from its saved config. Returns whether there is a checkpoint to continue from."""
     folder = Path(run_dir)
     resumable = open_run_dir(folder)
-    if _is_writer():
-        remove_temp_files(folder)
-        if not resumable and (folder / CHECKPOINTS).is_dir():
-            for partial in (folder / CHECKPOINTS).glob("*.pt"):
-                partial.unlink()
+    if resumable:
+        if is_writer():
+            remove_temp_files(folder)
+    else:
+        _remove_partial_run(folder)
     return resumable

@@ -11,6 +11,9 @@ import datetime
 import os
 import random
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 import numpy as np
@@ -96,6 +99,37 @@ def seed_rank(seed: int, rank: int) -> None:
     torch.manual_seed(seed + RANK_SEED_STRIDE * rank)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside the training loop (loading data, evaluating): stops the command."""
+
+    def __init__(self, signal_name: str):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM raise :class:`Stopped` (SIGTERM would otherwise end the
+    process with no message), so a command reports them in one line; the training loop turns them into
+    a checkpoint instead (:class:`StopRequest`). Outside the main thread signals cannot be handled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class StopRequest:
     """Turns SIGINT / SIGTERM into a flag the training loop checks between steps."""
 
@@ -104,7 +138,7 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -114,7 +148,7 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal_name is not None:  # a second Ctrl-C: stop right away
-            raise KeyboardInterrupt
+            raise Stopped(signal.Signals(signum).name)
         self.signal_name = signal.Signals(signum).name
 
     @property
