@@ -7,5 +7,5 @@ out="${1:-runs/quickstart}"
 if [ -f "$out/checkpoints/last.pt" ] && [ ! -f "$out/metrics.json" ]; then
   exec .venv/bin/mlcl train --resume "$out"
 fi
-rm -rf "$out"
+if [ -f "$out/.mlcl-run" ]; then rm -rf "$out"; fi  # an earlier run made by mlcl: start it afresh
 exec .venv/bin/mlcl train --config configs/quickstart.yaml --out "$out"

@@ -151,3 +151,12 @@ def test_training_mode_masks_tokens_at_the_configured_rate():
     assert not changed[~real].any()
     assert abs(changed[real].float().mean().item() - 0.3) < 0.05
     assert torch.equal(encoder.masked_ids(tokens, 0.0), tokens["input_ids"])
+
+
+def test_loading_a_model_shows_no_progress_bar_and_keeps_the_users_setting(tiny_model_dir: Path, capsys) -> None:
+    import transformers
+
+    capsys.readouterr()
+    HFTextEncoder(tiny_model_dir)
+    assert "Loading weights" not in capsys.readouterr().err
+    assert transformers.utils.logging.is_progress_bar_enabled()  # restored for the user's own downloads

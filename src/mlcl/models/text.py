@@ -97,6 +97,8 @@ class HFTextEncoder(nn.Module):
         except ImportError:
             raise ConfigError("text encoders need the transformers package: pip install 'mlcl[hf]'") from None
         source = str(model_name_or_path)
+        bars = transformers.utils.logging.is_progress_bar_enabled()
+        transformers.utils.logging.disable_progress_bar()  # a local load takes moments: no "Loading weights" bar
         try:
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
             self.backbone = transformers.AutoModel.from_pretrained(source, local_files_only=True)
@@ -106,6 +108,9 @@ class HFTextEncoder(nn.Module):
                 "(give a local directory with config.json, tokenizer files and weights, "
                 "or the name of a model already in the Hugging Face cache)"
             ) from None
+        finally:
+            if bars:
+                transformers.utils.logging.enable_progress_bar()
         self.name = source
         self.trainable = bool(trainable)
         self.max_length = max_length
