@@ -127,6 +127,22 @@ def test_random_csv_bytes(tmp_path: Path, pieces, junk, load) -> None:
     check_split(outcome(lambda: load_table(path, **load)))
 
 
+@FUZZ
+@given(rows=st.lists(st.sampled_from(VALID_ROWS), min_size=1, max_size=8), data=st.data())
+def test_an_unclosed_quote_is_reported_on_the_row_it_opens(tmp_path: Path, rows, data) -> None:
+    broken = data.draw(st.integers(0, len(rows) - 1))
+    column = data.draw(st.sampled_from(["text", "fine"]))
+    lines = to_csv(HEADER, rows, quote=True).splitlines()
+    cells = lines[broken + 1].split(",")
+    index = HEADER.index(column)
+    cells[index] = '"' + cells[index]  # opens a quote that nothing closes
+    lines[broken + 1] = ",".join(cells)
+    path = tmp_path / "fuzz.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"fuzz.csv, line {broken + 2}: a quote opened in the row that starts here"):
+        load_table(path, input="text", levels=["coarse", "fine"])
+
+
 JSON_CELLS = st.one_of(CELLS, JSON_VALUES, st.lists(st.sampled_from(["a", "b", 1, 2.5, None, ""]), max_size=3))
 
 
