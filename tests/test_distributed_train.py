@@ -26,6 +26,7 @@ from mlcl.data.augment import ImageAugment, make_views
 from mlcl.train import ddp, launch, runtime
 from mlcl.train.checkpoint import load_checkpoint
 from mlcl.train.config import AugmentConfig
+from mlcl.train.run_dir import MARKER
 from mlcl.train.views import ViewMaker
 
 PER_RANK = 32  # train.batch_size of each of the 2 processes; the 1-process run uses 2 * PER_RANK
@@ -161,6 +162,7 @@ def test_a_rank_that_fails_stops_the_others_with_one_line(tmp_path):
     # at the end of the epoch and must not hang there.
     run = tmp_path / "run"
     (run / "log.csv").mkdir(parents=True)
+    (run / MARKER).write_text("{}")  # an mlcl run folder that never got a checkpoint: --out may take it
     code, _, stderr = finish(cli(*train_args(run, PER_RANK), "--nproc", "2"))  # a hang fails at TIMEOUT_S
     assert code == 1
     lines = [line for line in stderr.splitlines() if line.startswith("mlcl:")]
