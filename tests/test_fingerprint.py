@@ -36,7 +36,8 @@ def test_each_kind_of_change_is_named(tmp_path):
     changed_inputs = torch.arange(24.0).view(6, 4)
     changed_inputs[1, 2] = -1
     cases = {
-        "the data was loaded by 'table' and now by 'image-folder'": data_fingerprint(dataset(), "image-folder", [data], 0),
+        "the data was loaded by 'table' and now by 'image-folder'":
+            data_fingerprint(dataset(), "image-folder", [data], 0),
         "the split seed was 0 and is now 1": data_fingerprint(dataset(), "table", [data], 1),
         f"the data file {data} is no longer there": data_fingerprint(dataset(), "table", [], 0),
         "the train split's inputs changed": data_fingerprint(dataset(changed_inputs), "table", [data], 0),
@@ -47,9 +48,11 @@ def test_each_kind_of_change_is_named(tmp_path):
         assert message in data_change(saved, current)
     fewer = dataset()
     fewer.train = fewer.train.subset(torch.arange(3))
-    assert "the train split had 4 samples and now has 3" == data_change(saved, data_fingerprint(fewer, "table", [data], 0))
+    now = data_fingerprint(fewer, "table", [data], 0)
+    assert data_change(saved, now) == "the train split had 4 samples and now has 3"
     data.write_text("x,fine\n1,b\n")
-    assert f"the data file {data} changed (SHA-256" in data_change(saved, data_fingerprint(dataset(), "table", [data], 0))
+    now = data_fingerprint(dataset(), "table", [data], 0)
+    assert f"the data file {data} changed (SHA-256" in data_change(saved, now)
 
 
 def test_texts_are_fingerprinted_as_text():

@@ -205,6 +205,7 @@ def copy_run(run: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.slow
 @needs_fashion
 @pytest.mark.parametrize("command", [["eval", "{run}", "--quiet"], ["train", "--resume", "{run}", "--quiet"],
                                      ["embed", "{run}", "--out", "{tmp}/e.npy"]])
@@ -227,9 +228,8 @@ def test_out_never_overwrites_the_users_files(tmp_path, capsys, monkeypatch):
     own = "# my own config, with comments\nseed: 1\n"
     (tmp_path / "config.yaml").write_text(own)
     monkeypatch.chdir(tmp_path)
-    config = str(Path(__file__).parents[1] / "configs" / "quickstart.yaml")
     for out in (".", ""):
-        assert main(["train", "--config", config, "--out", out, "--quiet"]) == 2
+        assert main(["train", "--config", QUICKSTART, "--out", out, "--quiet"]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("mlcl: error:") and "\n" not in err
     assert (tmp_path / "config.yaml").read_text() == own
@@ -244,13 +244,14 @@ def test_an_unwritable_out_is_one_line(capsys, out):
     assert err.startswith(f"mlcl: error: cannot write the run folder {out}") and "\n" not in err
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_a_run_killed_before_its_first_checkpoint_resumes_or_restarts(tmp_path, capsys):
     from mlcl.train.config import load_config
     from mlcl.train.loop import start_run
 
     run = tmp_path / "run"
-    config = load_config("configs/quickstart.yaml", [*SMALL, "train.epochs=1", "data.options.limit_train=256"])
+    config = load_config(QUICKSTART, [*SMALL, "train.epochs=1", "data.options.limit_train=256"])
     # what kill -9 during the first best.pt write leaves: the config, a complete or partial best.pt, no last.pt
     start_run(config, run, progress=False).save("best.pt")
     (run / "checkpoints" / ".best.pt.x1y2z3.tmp").write_bytes(b"half written")
@@ -265,6 +266,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_or_restarts(tmp_path, 
 
 # ------------------------------------------------------------------ damaged checkpoints and changed data
 
+@pytest.mark.slow
 @needs_fashion
 @pytest.mark.parametrize("damage, message", [
     (lambda s: s.pop("optimizer"), "lacks the 'optimizer' part"),
@@ -285,6 +287,7 @@ def test_a_damaged_checkpoint_is_one_line_on_resume(finished_run, tmp_path, caps
     assert err.startswith("mlcl: error:") and message in err and "\n" not in err
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_a_corrupt_best_checkpoint_says_delete_it_and_then_eval_works(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "run")
@@ -309,14 +312,15 @@ def feature_table(path: Path, classes: tuple[str, ...] = ("a1", "a2", "b1", "b2"
 
 
 def table_args(out: Path, data: Path, *overrides: str) -> list[str]:
-    settings = ["data.name=table", f"data.path={data}", "data.options={input: [x0, x1, x2, x3], levels: [coarse, fine]}",
+    settings = ["data.name=table", f"data.path={data}",
+                "data.options={input: [x0, x1, x2, x3], levels: [coarse, fine]}",
                 "model.encoder=mlp", "model.encoder_options={}", "model.proj_hidden=16", "model.proj_dim=8",
                 "train.batch_size=16", "train.epochs=1", "eval.embedding_map=none", "eval.knn_k=3",
                 "train.monitor_train_samples=50", "train.threads=1", *overrides]
-    return ["train", "--config", "configs/quickstart.yaml", "--out", str(out), "--quiet",
-            *sum((["--set", s] for s in settings), [])]
+    return quickstart_args(out, *settings)
 
 
+@pytest.mark.slow
 def test_eval_and_resume_on_changed_data_stop_naming_the_change(tmp_path, capsys):
     data, run = feature_table(tmp_path / "d.csv"), tmp_path / "run"
     assert main(table_args(run, data, "method.classifier_weight=0.5")) == 0
@@ -336,6 +340,7 @@ def test_eval_and_resume_on_changed_data_stop_naming_the_change(tmp_path, capsys
     assert err[-1].startswith("mlcl: error:") and "has shape (4," in err[-1] and "number of classes" in err[-1]
 
 
+@pytest.mark.slow
 def test_allow_data_change_evaluates_on_the_new_data(tmp_path, capsys):
     data, run = feature_table(tmp_path / "d.csv"), tmp_path / "run"
     assert main(table_args(run, data)) == 0
@@ -344,6 +349,7 @@ def test_allow_data_change_evaluates_on_the_new_data(tmp_path, capsys):
     assert "warning: the data changed" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_huge_features_name_the_data_not_the_learning_rate(tmp_path, capsys):
     data = feature_table(tmp_path / "d.csv")
     text = data.read_text().splitlines()
@@ -363,6 +369,7 @@ def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 240) -> N
     assert process.poll() is None, f"the command ended before {path.name} appeared: {process.communicate()}"
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_sigterm_while_the_data_loads_is_one_line_and_the_run_restarts(tmp_path):
     run = tmp_path / "run"
@@ -379,6 +386,7 @@ def test_sigterm_while_the_data_loads_is_one_line_and_the_run_restarts(tmp_path)
     assert (run / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_sigint_during_evaluation_says_how_to_evaluate(tmp_path):
     run = tmp_path / "run"
@@ -393,12 +401,13 @@ def test_sigint_during_evaluation_says_how_to_evaluate(tmp_path):
     assert main(["eval", str(run), "--quiet"]) == 0
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_a_signal_during_the_last_epochs_monitor_is_not_swallowed(tmp_path):
     from mlcl.train.config import load_config
     from mlcl.train.loop import Interrupted, start_run
 
-    config = load_config("configs/quickstart.yaml", [*SMALL, "train.epochs=1", "data.options.limit_train=256"])
+    config = load_config(QUICKSTART, [*SMALL, "train.epochs=1", "data.options.limit_train=256"])
     trainer = start_run(config, tmp_path / "run", progress=False)
     # runs at the end of the last epoch, as a Ctrl-C during its monitor or checkpoint would arrive
     trainer.epoch_callbacks.append(lambda *_: os.kill(os.getpid(), signal.SIGINT))

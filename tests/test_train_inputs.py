@@ -178,11 +178,10 @@ def test_table_option_mistakes_are_one_line_errors(tmp_path, capsys, options, me
 def test_k_shot_names_the_class_that_is_too_small(tmp_path, capsys):
     data = tmp_path / "d.csv"
     data.write_text("x0,x1,fine\n" + "".join(f"{i},{i % 3},{'boot' if i % 2 else 'sneaker'}\n" for i in range(12)))
-    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--quiet"]
     overrides = [*TINY, "data.name=table", f"data.path={data}", "data.k_shot=1000", "model.encoder=mlp",
                  "model.encoder_options={}", "method.heads=[fine]", "method.temperatures=0.1", "method.weights=1.0",
                  "data.options={input: [x0, x1], levels: [fine]}"]
-    assert main(args + sum((["--set", o] for o in overrides), [])) == 2
+    assert main(train_args(tmp_path / "run", *overrides)) == 2
     err = capsys.readouterr().err
     assert "fewer than k=1000" in err and "class 0 " not in err
     assert "class 'boot' at level 'fine'" in err or "class 'sneaker' at level 'fine'" in err
@@ -191,10 +190,9 @@ def test_k_shot_names_the_class_that_is_too_small(tmp_path, capsys):
 def test_a_numeric_text_column_with_a_text_encoder_suggests_input_kind_text(tmp_path, capsys):
     data = tmp_path / "codes.csv"
     data.write_text("text,fine\n" + "".join(f"{1000 + i},{'ab'[i % 2]}\n" for i in range(12)))
-    args = ["train", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "run"), "--quiet"]
     overrides = [*TINY, "data.name=table", f"data.path={data}", "model.encoder=minilm", "model.encoder_options={}",
                  "method.heads=[fine]", "method.temperatures=0.1", "method.weights=1.0",
                  "data.options={input: text, levels: [fine]}"]
-    assert main(args + sum((["--set", o] for o in overrides), [])) == 2
+    assert main(train_args(tmp_path / "run", *overrides)) == 2
     err = capsys.readouterr().err.strip()
     assert "was read as numbers" in err and "data.options.input_kind=text" in err and "\n" not in err
