@@ -75,9 +75,11 @@ def make_ours_step() -> Callable[[torch.Tensor, torch.Tensor], None]:
     return step
 
 
-def time_interleaved(contenders: dict[str, Callable], z: torch.Tensor, labels: torch.Tensor, rounds: int) -> dict[str, float]:
+def time_interleaved(
+    contenders: dict[str, Callable], z: torch.Tensor, labels: torch.Tensor, rounds: int
+) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for name, step in contenders.items():  # warm-up
+    for step in contenders.values():  # warm-up
         step(z, labels)
         z.grad = None
     for _ in range(rounds):
@@ -204,7 +206,9 @@ def main() -> None:
     if args.quick:
         args.batch, args.rounds, args.memory_batch = 256, 3, 1024
 
-    contenders = {"floor bmm(z,zT)": floor_step, "mlcl (ours)": make_ours_step(), "per-head SupCon": per_head_supcon_step}
+    contenders = {
+        "floor bmm(z,zT)": floor_step, "mlcl (ours)": make_ours_step(), "per-head SupCon": per_head_supcon_step
+    }
     pml = make_pml_step()
     if pml is not None:
         contenders["pytorch-metric-learning SupConLoss"] = pml

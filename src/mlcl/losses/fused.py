@@ -256,9 +256,14 @@ def supcon_forward_and_grad(
         block_anchors = anchors_op[:, start:stop]
         sims = keys_op.new_empty(num_heads, stop - start, num_keys)
         self_entries = sims.diagonal(anchor_rows.start + start, dim1=1, dim2=2)  # anchor i against itself
-        if fixed_shift:
+        if fixed_shift and op == stat:  # float32 / float64: β-scaled anchors lose nothing, one batched matmul
+            lhs = torch.cat([block_anchors * beta, (-beta).expand(-1, stop - start, 1)], dim=2)
+            torch.bmm(lhs, keys_t, out=sims)  # logits − β
+            self_entries.fill_(float("-inf"))
+            shift = beta
+        elif fixed_shift:
             lhs = torch.cat([block_anchors, block_anchors.new_ones(num_heads, stop - start, 1).neg_()], dim=2)
-            _scaled_bmm(lhs, keys_t, betas, sims)  # logits − β
+            _scaled_bmm(lhs, keys_t, betas, sims)  # logits − β, β applied in the float32 accumulator
             self_entries.fill_(float("-inf"))
             shift = beta
         elif op == stat:
