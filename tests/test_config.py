@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from conftest import QUICKSTART
 
@@ -23,10 +25,12 @@ def test_quickstart_config_loads():
 @pytest.mark.parametrize(
     "text,expected",
     [
-        ("train.epochs=5", (["train", "epochs"], 5)),
-        ("loss.temperatures=[0.1,0.5]", (["loss", "temperatures"], [0.1, 0.5])),
-        ("data.path=/tmp/x.csv", (["data", "path"], "/tmp/x.csv")),
-        ("train.grad_clip=null", (["train", "grad_clip"], None)),
+        ("train.epochs=5", (["train", "epochs"], 5, False)),
+        ("loss.temperatures=[0.1,0.5]", (["loss", "temperatures"], [0.1, 0.5], False)),
+        ("data.path=/tmp/x.csv", (["data", "path"], "/tmp/x.csv", False)),
+        ("train.grad_clip=null", (["train", "grad_clip"], None, False)),
+        ("data.options:={a: 1}", (["data", "options"], {"a": 1}, True)),
+        ("data.path=a=b", (["data", "path"], "a=b", False)),
     ],
 )
 def test_parse_override_reads_yaml_values(text, expected):
@@ -79,6 +83,34 @@ def test_ints_are_accepted_where_floats_are_expected_and_single_values_become_li
 def test_bad_values_name_the_key_and_the_fix(raw, message):
     with pytest.raises(ConfigError, match=message):
         config_from_dict(raw)
+
+
+def test_set_merges_a_mapping_key_by_key_and_colon_equals_replaces_it():
+    raw = {"train": {"augment": {"hflip": False, "crop_padding": 2}}, "data": {"options": {"val_size": 100}}}
+    merged = apply_overrides(raw, ["train.augment={erase_prob: 0.5}", "data.options={limit_train: 300}"])
+    assert merged["train"]["augment"] == {"hflip": False, "crop_padding": 2, "erase_prob": 0.5}
+    assert merged["data"]["options"] == {"val_size": 100, "limit_train": 300}
+    replaced = apply_overrides(merged, ["train.augment:={erase_prob: 0.0}", "data.options:={}"])
+    assert replaced["train"]["augment"] == {"erase_prob": 0.0} and replaced["data"]["options"] == {}
+    assert apply_overrides({"train": {"epochs": 3}}, ["train:={lr: 0.5}"]) == {"train": {"lr": 0.5}}
+    assert apply_overrides({"seed": 1}, ["seed=2"]) == {"seed": 2}
+
+
+def test_options_follow_their_encoder_and_dataset():
+    file = {"data": {"name": "fashion-mnist", "options": {"val_size": 5000}},
+            "model": {"encoder": "small_cnn", "encoder_options": {"width": 32, "out_dim": 128}}}
+    raw = apply_overrides(copy.deepcopy(file), [
+        "model.encoder_options.hidden=[64]", "model.encoder=minilm", "data.name=table",
+        "data.options={input: text, levels: [fine]}"])
+    # the file's options belonged to the old encoder / dataset; the ones given with --set stay, in any order
+    assert raw["model"]["encoder_options"] == {"hidden": [64]}
+    assert raw["data"]["options"] == {"input": "text", "levels": ["fine"]}
+    same = apply_overrides(copy.deepcopy(file), ["model.encoder=small_cnn", "data.options.limit_train=9"])
+    assert same["model"]["encoder_options"] == {"width": 32, "out_dim": 128}
+    assert same["data"]["options"] == {"val_size": 5000, "limit_train": 9}
+    # an encoder left at its default is changed too: options written for small_cnn go with it
+    assert apply_overrides({"model": {"encoder_options": {"width": 8}}}, ["model={encoder: mlp}"]) == {
+        "model": {"encoder": "mlp"}}
 
 
 def test_set_fills_an_empty_section_of_the_file(tmp_path):

@@ -161,7 +161,7 @@ def test_an_input_column_that_is_also_a_label_is_refused(tmp_path, capsys):
      "unknown option 'level' for data.name=table (data.options) (did you mean 'levels'"),
     ("{input:text, levels: [fine]}", "unknown option 'input:text'"),
     ("{input: text, levels: [fine], test_fraction: abc}",
-     "data.options.test_fraction must be a number in [0, 1), got 'abc'"),
+     "option 'test_fraction' of data.name=table (data.options) must be of type float, got 'abc'"),
     ("{input: text, levels: [fine], groups: [a, b]}",
      "option 'groups' of data.name=table (data.options) must be of type "
                                                       "Mapping[str, str] | None"),

@@ -1,4 +1,4 @@
-"""The ``mlcl`` command line: ``train``, ``eval``, ``embed`` and ``datasets``.
+"""The ``mlcl`` command line: ``train``, ``eval``, ``embed``, ``config``, ``datasets`` and ``experiment``.
 
 User mistakes (a bad config value, a missing dataset, a malformed file) print one line and exit with
 status 2; ``--debug`` shows the traceback instead. An interrupted run exits with status 130 after
@@ -100,6 +100,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise MlclError("mlcl train needs --out DIR (where checkpoints, logs and metrics go)")
         if args.allow_data_change:
             raise MlclError("--allow-data-change goes with --resume (a new run records the data as it is)")
+        if args.config is None and int(os.environ.get("RANK", "0")) == 0:
+            print("mlcl train: no --config, so this run starts from the built-in defaults (fashion-mnist, small_cnn, "
+                  "method mlcl, 10 epochs) plus any --set; `mlcl config` prints them, configs/ has ready-made files",
+                  file=sys.stderr)
         out = args.out
         config = load_config(args.config, args.set)
         with _stopped_then(lambda: _restart_advice(out)):
@@ -112,7 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _stopped_then(lambda: f"during evaluation; training is complete: evaluate it with mlcl eval {out}"):
         trainer.run.load_weights("best")  # chosen on validation
         metrics = evaluate_run(trainer.run)
-    print(f"\n{trainer.dataset.name} / {trainer.config.method.name}: {metrics['epochs']} epochs in "
+    epochs = metrics["epochs"]
+    print(f"\n{trainer.dataset.name} / {trainer.config.method.name}: {epochs} epoch{'s' * (epochs != 1)} in "
           f"{metrics['train_seconds']:.1f} s; test results (best epoch {metrics['best_epoch']}):")
     print(_summary_table(metrics))
     print(f"\nwritten to {trainer.out_dir}: metrics.json, log.csv, curves.png, checkpoints/")
@@ -151,22 +156,41 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         keys = ("name", "modality", "structure", "available", "where")
         print(json.dumps([dict(zip(keys, row)) for row in rows], indent=2))
         return 0
+    rows.insert(0, ("name", "modality", "structure", "data here", "where / how to get it"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from mlcl.train.config import load_config, config_yaml
+
+    if args.reference:
+        from mlcl.train.config_reference import config_reference
+
+        print(config_reference(), end="")
+        return 0
+    print(config_yaml(load_config(args.config, args.set)), end="")
+    return 0
+
+
+SET_HELP = ("override a config value, e.g. --set train.epochs=5 (repeatable); a mapping is merged key by key, "
+            "KEY:=VALUE replaces it (see docs/config.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from mlcl import __version__
+
     parser = argparse.ArgumentParser(prog="mlcl", description="Multi-level supervised contrastive learning.")
+    parser.add_argument("--version", action="version", version=f"mlcl {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a model from a config, then evaluate it")
-    train.add_argument("--config", help="YAML config file (see configs/)")
+    train.add_argument("--config", help="YAML config file (see configs/; without it: the defaults in docs/config.md)")
     train.add_argument("--out", help="run directory for checkpoints, logs, metrics and plots")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     train.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     train.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -187,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--out", required=True, help="output file: .npy, .pt or .csv")
     embed.add_argument("--allow-data-change", action="store_true", help=ALLOW_DATA_CHANGE_HELP)
     embed.set_defaults(func=cmd_embed)
+
+    config = sub.add_parser("config", help="print the resolved config of --config and --set (nothing runs)")
+    config.add_argument("--config", help="YAML config file (without it: the defaults)")
+    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    config.add_argument("--reference", action="store_true",
+                        help="print the reference of every key and option instead (docs/config.md)")
+    config.set_defaults(func=cmd_config)
 
     datasets = sub.add_parser("datasets", help="list the built-in datasets and whether their data is here")
     datasets.add_argument("--json", action="store_true")

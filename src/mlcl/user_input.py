@@ -106,13 +106,14 @@ def type_name(hint: Any) -> str:
 
 
 def check_options(func: Callable[..., Any], options: Mapping[str, Any], what: str,
-                  skip: Iterable[str] = ()) -> dict[str, Any]:
+                  skip: Iterable[str] = (), extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``options`` checked against ``func``'s keyword parameters before calling it: an unknown name
     (with a suggestion) or a value of the wrong type is a DataError naming the option. Returns the
-    options with ints converted where floats are expected. ``skip`` names parameters the caller sets."""
-    hints = typing.get_type_hints(func)
+    options with ints converted where floats are expected. ``skip`` names parameters the caller sets;
+    ``extra`` (name -> type) adds options the caller takes out before calling ``func``."""
+    hints = {**typing.get_type_hints(func), **(extra or {})}
     parameters = inspect.signature(func).parameters
-    names = [name for name in parameters if name not in skip]
+    names = [name for name in parameters if name not in skip] + list(extra or {})
     checked = {}
     for name, value in options.items():
         if name not in names:
@@ -123,7 +124,7 @@ def check_options(func: Callable[..., Any], options: Mapping[str, Any], what: st
         if not ok:
             raise DataError(f"option {name!r} of {what} must be of type {type_name(hints[name])}, got {value!r}")
         checked[name] = value
-    required = [name for name in names if parameters[name].default is inspect.Parameter.empty
+    required = [name for name in names if name in parameters and parameters[name].default is inspect.Parameter.empty
                 and parameters[name].kind is inspect.Parameter.KEYWORD_ONLY and name not in options]
     if required:
         raise DataError(f"{what} needs the option {required[0]!r} (of type {type_name(hints.get(required[0], Any))})")

@@ -6,11 +6,12 @@ and how to fix it; an unknown key gets the closest valid key as a suggestion.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -23,10 +24,25 @@ TEXT_ENCODERS = ("minilm", "hf")
 ENCODER_NAMES = (*IMAGE_ENCODERS, "mlp", *TEXT_ENCODERS)  # mlcl.models.encoders.ENCODERS
 
 
+def setting(default: Any, doc: str) -> Any:
+    """A config field with its one-line meaning (shown by ``mlcl config --reference`` and docs/config.md).
+
+    Lists and dicts get a fresh copy per instance; nested sections pass their class as ``default``.
+    """
+    metadata = {"doc": doc}
+    if isinstance(default, type):
+        return field(default_factory=default, metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class NoiseConfig:
-    rate: float = 0.0
-    mode: str = "symmetric"  # symmetric | hierarchical
+    """Label noise on the training split's finest level (coarser levels follow the noisy label)."""
+
+    rate: float = setting(0.0, "share of training samples whose finest label is replaced, in [0, 1)")
+    mode: str = setting("symmetric", "symmetric (any other class) | hierarchical (a sibling under the same parent)")
 
     def validate(self, key: str) -> None:
         _check_range(f"{key}.rate", self.rate, 0.0, 1.0, low_open=False, high_open=True)
@@ -35,12 +51,16 @@ class NoiseConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "fashion-mnist"  # a built-in dataset, or "table" / "image-folder" with `path`
-    path: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # loader options (e.g. depth, val_size)
-    fraction: float = 1.0  # stratified fraction of training labels per finest class
-    k_shot: int | None = None
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    """What to train on: a built-in dataset (``mlcl datasets``) or your own file or folder."""
+
+    name: str = setting("fashion-mnist", "a built-in dataset, or table (a CSV / JSONL file) or image-folder "
+                                         "(root/<coarse>/<fine>/*.png) with data.path")
+    path: str | None = setting(None, "the file (table) or folder (image-folder); relative to where mlcl runs")
+    options: dict[str, Any] = setting({}, "the loader's options: see 'Data options' below; they belong to "
+                                          "data.name and are dropped when --set changes it")
+    fraction: float = setting(1.0, "stratified share of the training labels kept per finest class, in (0, 1]")
+    k_shot: int | None = setting(None, "keep this many training samples per finest class (null: all)")
+    noise: NoiseConfig = setting(NoiseConfig, "label noise on the training split")
 
     def validate(self, key: str) -> None:
         _check_range(f"{key}.fraction", self.fraction, 0.0, 1.0, low_open=True, high_open=False)
@@ -56,11 +76,14 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    encoder: str = "small_cnn"  # small_cnn | resnet18 | mlp | minilm | hf
-    encoder_options: dict[str, Any] = field(default_factory=dict)
-    proj_hidden: int = 512
-    proj_dim: int = 128
-    proj_depth: int = 2
+    """The encoder (input -> features) and the projection heads on top of it."""
+
+    encoder: str = setting("small_cnn", "small_cnn | resnet18 (images), mlp (feature vectors), minilm | hf (text)")
+    encoder_options: dict[str, Any] = setting({}, "the encoder's options: see 'Encoder options' below; they "
+                                                  "belong to model.encoder and are dropped when --set changes it")
+    proj_hidden: int = setting(512, "hidden width of each projection head")
+    proj_dim: int = setting(128, "output size of each projection head (the contrastive space)")
+    proj_depth: int = setting(2, "layers per projection head (1 = one Linear)")
 
     def validate(self, key: str) -> None:
         _check_choice(f"{key}.encoder", self.encoder, ENCODER_NAMES)
@@ -71,19 +94,21 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = "mlcl"
-    heads: list[str] = field(default_factory=list)  # level names (or label groups); [] = every level
-    temperatures: list[float] = field(default_factory=lambda: [0.1])  # one per head, or one for all
-    weights: list[float] = field(default_factory=list)  # one per head; [] = all 1
-    instance_head: bool = False  # add a head whose positives are only a sample's own views
-    instance_temperature: float = 0.2
-    instance_weight: float = 1.0
-    classifier_weight: float = 0.0  # > 0: per-level classifiers trained jointly (end to end)
-    learnable_temperatures: bool = False
-    overlap: str = "any"  # multi-label positives: any | jaccard
-    himulcon_mode: str = "hmce"  # hmc | hce | hmce
-    triplet_margin: float = 0.2
-    views: int = 2
+    """The training objective: which heads, which loss, their temperatures and weights."""
+
+    name: str = setting("mlcl", "mlcl | supcon | simclr | himulcon | mulsupcon | triplet | ce")
+    heads: list[str] = setting([], "mlcl: one head per named level or label group ([] = every level)")
+    temperatures: list[float] = setting([0.1], "one per head, or one for all heads")
+    weights: list[float] = setting([], "mlcl: one loss weight per head ([] = all 1)")
+    instance_head: bool = setting(False, "mlcl: add a head whose positives are only a sample's own views")
+    instance_temperature: float = setting(0.2, "temperature of the instance head")
+    instance_weight: float = setting(1.0, "loss weight of the instance head")
+    classifier_weight: float = setting(0.0, "> 0: per-level linear classifiers trained jointly, with this weight")
+    learnable_temperatures: bool = setting(False, "learn each head's temperature (starting from temperatures)")
+    overlap: str = setting("any", "multi-label positives: any (share a label) | jaccard (weighted by overlap)")
+    himulcon_mode: str = setting("hmce", "himulcon's terms: hmc | hce | hmce")
+    triplet_margin: float = setting(0.2, "triplet: the margin between positive and negative distances")
+    views: int = setting(2, "augmented views per sample in a batch")
 
     def validate(self, key: str) -> None:
         _check_choice(f"{key}.name", self.name, tuple(METHODS))
@@ -110,12 +135,14 @@ class MethodConfig:
 
 @dataclass
 class AugmentConfig:
-    crop_padding: int = 4
-    hflip: bool = True
-    erase_prob: float = 0.25
-    noise_std: float = 0.0
-    feature_dropout: float = 0.1  # feature / cached-text views: dropout on the input vector
-    feature_noise: float = 0.05  # ... plus Gaussian noise of this std
+    """How the views of a sample differ: image augmentations, or noise on feature vectors."""
+
+    crop_padding: int = setting(4, "images: pad by this many pixels, then crop back at a random offset")
+    hflip: bool = setting(True, "images: flip left-right with probability 0.5")
+    erase_prob: float = setting(0.25, "images: probability of erasing a random rectangle")
+    noise_std: float = setting(0.0, "images: std of added Gaussian pixel noise")
+    feature_dropout: float = setting(0.1, "feature vectors (and frozen text embeddings): dropout rate on the input")
+    feature_noise: float = setting(0.05, "feature vectors: std of added Gaussian noise")
 
     def validate(self, key: str) -> None:
         if self.crop_padding < 0:
@@ -129,21 +156,25 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 256
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    grad_clip: float | None = None
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    threads: int | None = None  # torch CPU threads (None = torch's default)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    monitor_every: int = 1  # epochs between validation kNN checks (picks the best checkpoint)
-    monitor_train_samples: int = 5000  # the validation kNN's bank: a fixed random sample of the training split
-    log_every: int | None = None  # steps between host syncs (logs, non-finite check); None: 1 on CPU, 25 on GPUs
+    """Optimisation, device and the validation monitor that picks the best checkpoint."""
+
+    epochs: int = setting(10, "passes over the training split")
+    batch_size: int = setting(256, "samples per step and process (the global batch is this x processes)")
+    optimizer: str = setting("sgd", "sgd | adamw")
+    lr: float = setting(0.1, "peak learning rate (linear warm-up, then cosine decay to 0)")
+    momentum: float = setting(0.9, "sgd momentum")
+    weight_decay: float = setting(5e-4, "weight decay (not applied to learnable temperatures)")
+    warmup_epochs: float = setting(1.0, "epochs of linear learning-rate warm-up (may be fractional)")
+    grad_clip: float | None = setting(None, "clip the gradient norm to this value (null: no clipping)")
+    precision: str = setting("fp32", "fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)")
+    device: str = setting("auto", "auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")
+    threads: int | None = setting(None, "torch CPU threads (null: torch's default, shared out between processes)")
+    augment: AugmentConfig = setting(AugmentConfig, "how the views of a sample differ")
+    monitor_every: int = setting(1, "epochs between validation kNN checks (the best one is checkpoints/best.pt)")
+    monitor_train_samples: int = setting(5000, "the validation kNN's bank: a fixed random sample of this many "
+                                               "training samples")
+    log_every: int | None = setting(None, "steps between host syncs (logs, non-finite check); null: 1 on CPU, "
+                                          "25 on GPUs")
 
     def validate(self, key: str) -> None:
         for name in ("epochs", "batch_size", "monitor_every", "monitor_train_samples"):
@@ -173,10 +204,12 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    knn_k: int = 20
-    probe_epochs: int = 100  # at most this many L-BFGS iterations per linear probe
-    embedding_map: str = "pca"  # pca | tsne | none
-    map_points: int = 2000
+    """The evaluation after training: linear probe and kNN per level on frozen features, and plots."""
+
+    knn_k: int = setting(20, "neighbours of the kNN classifier (and of the validation monitor)")
+    probe_epochs: int = setting(100, "at most this many L-BFGS iterations per linear probe")
+    embedding_map: str = setting("pca", "the 2-D map in embeddings.png: pca | tsne | none")
+    map_points: int = setting(2000, "test points drawn in embeddings.png")
 
     def validate(self, key: str) -> None:
         _check_choice(f"{key}.embedding_map", self.embedding_map, ("pca", "tsne", "none"))
@@ -190,12 +223,14 @@ MAX_SEED = 2**32 - 1
 
 @dataclass
 class Config:
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    """A whole run; every run folder keeps its resolved copy in config.yaml."""
+
+    seed: int = setting(0, "seeds data order, splits, augmentations and initial weights")
+    data: DataConfig = setting(DataConfig, "what to train on")
+    model: ModelConfig = setting(ModelConfig, "encoder and projection heads")
+    method: MethodConfig = setting(MethodConfig, "the training objective")
+    train: TrainConfig = setting(TrainConfig, "optimisation")
+    eval: EvalConfig = setting(EvalConfig, "evaluation after training")
 
     def validate(self) -> Config:
         # Seeds derive further seeds (per epoch, per rank) that must stay within torch's 64-bit range.
@@ -259,33 +294,92 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     return _build(Config, raw, "").validate()
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.epochs=5"`` -> ``(["train", "epochs"], 5)``; the value is parsed as YAML."""
+class Override(NamedTuple):
+    """One ``--set``: the key path, the value (parsed as YAML), and whether it replaces a mapping whole."""
+
+    path: list[str]
+    value: Any
+    replace: bool = False
+
+
+def parse_override(text: str) -> Override:
+    """``"train.epochs=5"`` -> ``Override(["train", "epochs"], 5)``; the value is parsed as YAML.
+
+    ``KEY=VALUE`` merges a mapping value into the mapping already at KEY (key by key); ``KEY:=VALUE``
+    replaces it whole. Other values are replaced either way.
+    """
     if "=" not in text:
         raise ConfigError(f"--set expects KEY=VALUE (for example train.epochs=5), got {text!r}")
     key, value = text.split("=", 1)
-    if not key.strip():
+    replace = key.endswith(":")
+    key = key.removesuffix(":").strip()
+    if not key:
         raise ConfigError(f"--set expects KEY=VALUE with a non-empty key, got {text!r}")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {key}: the value {value!r} is not valid YAML ({exc.__class__.__name__})") from exc
-    return key.strip().split("."), parsed
+    return Override(key.split("."), parsed, replace)
+
+
+# Mappings that belong to another key's value: a CNN's width means nothing to a text encoder, and
+# fashion-mnist's val_size nothing to a CSV file. When the --set overrides change the owner, the
+# file's mapping is dropped and only the options given with --set remain.
+OWNED_OPTIONS = {("model", "encoder"): ("model", "encoder_options"), ("data", "name"): ("data", "options")}
+
+
+def _lookup(raw: dict[str, Any], path: tuple[str, ...] | list[str]) -> Any:
+    """The value at ``path`` in nested plain data, else the package default there."""
+    node: Any = raw
+    for part in path:
+        if not isinstance(node, dict) or node.get(part) is None:
+            node = Config().to_dict()
+            for default_part in path:
+                node = node[default_part]
+            return node
+        node = node[part]
+    return node
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` merged into ``base`` key by key (nested mappings too), in place."""
+    for key, value in update.items():
+        if isinstance(base.get(key), dict) and isinstance(value, dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def _assign(raw: dict[str, Any], override: Override) -> None:
+    path = override.path
+    node = raw
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:  # absent, or an empty section in the file (`train:` with nothing under it)
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(path)}: {part!r} is a value, not a section")
+        node = child
+    current = node.get(path[-1])
+    if not override.replace and isinstance(current, dict) and isinstance(override.value, dict):
+        _merge(current, override.value)
+    else:
+        node[path[-1]] = copy.deepcopy(override.value)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set key=value`` overrides to nested plain data (in place) and return it."""
-    for text in overrides:
-        path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:  # absent, or an empty section in the file (`train:` with nothing under it)
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {'.'.join(path)}: {part!r} is a value, not a section")
-            node = child
-        node[path[-1]] = value
+    """Apply ``--set`` overrides to nested plain data (in place) and return it (see :func:`parse_override`
+    for merging and replacing, and ``OWNED_OPTIONS`` for options that follow their encoder or dataset)."""
+    parsed = [parse_override(text) for text in overrides]
+    changed = copy.deepcopy(raw)
+    for override in parsed:
+        _assign(changed, override)
+    for owner, options in OWNED_OPTIONS.items():
+        if _lookup(changed, owner) != _lookup(raw, owner) and isinstance(raw.get(options[0]), dict):
+            raw[options[0]].pop(options[1], None)
+    for override in parsed:
+        _assign(raw, override)
     return raw
 
 
@@ -319,5 +413,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return config_from_dict(apply_overrides(raw, list(overrides or [])))
 
 
+def config_yaml(config: Config) -> str:
+    """The config as the YAML that config.yaml holds."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    Path(path).write_text(config_yaml(config), encoding="utf-8")

@@ -26,21 +26,18 @@ from mlcl.models.encoders import build_encoder
 from mlcl.models.text import CachedTextEmbeddings
 from mlcl.train.config import TEXT_ENCODERS, Config, DataConfig, ModelConfig
 from mlcl.train.runtime import barrier
-from mlcl.user_input import check_options, did_you_mean, fits_type
+from mlcl.user_input import check_options, did_you_mean
 
-USER_SPLIT_OPTIONS = ("test_fraction", "val_fraction")
+# The share of a user's rows held out for testing and validation (options of table and image-folder).
+USER_SPLIT_OPTIONS = {"test_fraction": 0.2, "val_fraction": 0.1}
 
 
 def _user_dataset(config: DataConfig, seed: int) -> Dataset:
-    options = dict(config.options)
-    fractions = [options.pop(key, default) for key, default in (("test_fraction", 0.2), ("val_fraction", 0.1))]
-    for key, value in zip(USER_SPLIT_OPTIONS, fractions):
-        if not fits_type(float, value)[0]:
-            raise DataError(f"data.options.{key} must be a number in [0, 1), got {value!r}")
     loader = load_table if config.name == "table" else load_image_folder
-    options = check_options(loader, options, f"data.name={config.name} (data.options)", skip=("path", "root"))
+    options = check_options(loader, config.options, f"data.name={config.name} (data.options)", skip=("path", "root"),
+                            extra=dict.fromkeys(USER_SPLIT_OPTIONS, float))
+    fractions = [options.pop(key, default) for key, default in USER_SPLIT_OPTIONS.items()]
     split, levels, hierarchy = loader(config.path, **options)
-    fractions = [float(value) for value in fractions]
     finest = levels[-1]
     # Stratified by the finest single-label level; multi-label rows are split at random.
     strata = torch.zeros(len(split), dtype=torch.long) if finest.multi_label else split.targets[finest.name]

@@ -1,0 +1,65 @@
+"""The small commands: --version, datasets, config, and the config reference in docs/config.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from mlcl.cli import main
+from mlcl.train.config import load_config
+from mlcl.train.config_reference import config_reference
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_version_matches_the_package_metadata(capsys):
+    try:
+        main(["--version"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    version = re.search(r'^version = "(.+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    assert capsys.readouterr().out.strip() == f"mlcl {version}"
+
+
+def test_datasets_table_has_a_header_row(capsys):
+    assert main(["datasets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["name", "modality", "structure"]
+    assert len(lines) == 6 and lines[1].startswith("fashion-mnist ")
+
+
+def test_config_prints_the_resolved_config(capsys):
+    assert main(["config", "--config", "configs/quickstart.yaml", "--set", "model.encoder=mlp",
+                 "--set", "data.options={limit_train: 4}"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == load_config("configs/quickstart.yaml", ["model.encoder=mlp", "data.options.limit_train=4"]).to_dict()
+    assert printed["model"]["encoder_options"] == {}  # the CNN's options went with the CNN
+    assert printed["data"]["options"] == {"val_size": 5000, "limit_train": 4}  # merged
+    assert main(["config", "--set", "train.epochs=0"]) == 2
+    assert "train.epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_the_config_reference_is_current_and_lists_every_key():
+    text = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
+    assert text == config_reference(), "docs/config.md is stale: run `mlcl config --reference > docs/config.md`"
+
+    def keys(node, prefix=""):
+        for key, value in node.items():
+            full = f"{prefix}{key}"
+            yield full
+            if isinstance(value, dict) and key not in ("options", "encoder_options"):
+                yield from keys(value, full + ".")
+
+    for key in keys(load_config(None).to_dict()):
+        assert f"| `{key}` |" in text, key
+    for option in ("val_size", "test_fraction", "val_fraction", "multi_label", "width", "model_name_or_path"):
+        assert f"| `{option}` |" in text, option
+
+
+def test_train_without_config_says_it_starts_from_the_defaults(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), "--set", "train.epochs=0"]) == 2
+    err = capsys.readouterr().err
+    assert "no --config, so this run starts from the built-in defaults" in err
+    assert "train.epochs must be >= 1" in err
