@@ -46,6 +46,11 @@ def _summary_table(metrics: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _listing(folder: Path) -> str:
+    """The files and folders in ``folder``, folders with a trailing slash."""
+    return ", ".join(p.name + "/" * p.is_dir() for p in sorted(folder.iterdir(), key=lambda p: (p.is_dir(), p.name)))
+
+
 def _launch_distributed(nproc: int, argv: list[str], debug: bool = False) -> int:
     """Re-run this command as ``nproc`` processes on this machine: ``torchrun --standalone`` run in this
     process (:func:`mlcl.train.launch.launch_local`), which sums up a failed worker in one line."""
@@ -120,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"\n{trainer.dataset.name} / {trainer.config.method.name}: {epochs} epoch{'s' * (epochs != 1)} in "
           f"{metrics['train_seconds']:.1f} s; test results (best epoch {metrics['best_epoch']}):")
     print(_summary_table(metrics))
-    print(f"\nwritten to {trainer.out_dir}: metrics.json, log.csv, curves.png, checkpoints/")
+    print(f"\nwritten to {trainer.out_dir}: {_listing(trainer.out_dir)}")
     return 0
 
 
