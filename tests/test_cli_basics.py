@@ -63,3 +63,13 @@ def test_train_without_config_says_it_starts_from_the_defaults(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "no --config, so this run starts from the built-in defaults" in err
     assert "train.epochs must be >= 1" in err
+
+
+def test_mlcl_set_adds_overrides_after_the_commands_own_and_says_so(monkeypatch, capsys):
+    monkeypatch.setenv("MLCL_SET", "train.epochs=1 'data.options={limit_train: 7}'")
+    assert main(["config", "--config", "configs/quickstart.yaml", "--set", "train.epochs=5"]) == 0
+    captured = capsys.readouterr()
+    printed = yaml.safe_load(captured.out)
+    assert printed["train"]["epochs"] == 1  # after the command's own --set
+    assert printed["data"]["options"] == {"val_size": 5000, "limit_train": 7}
+    assert "MLCL_SET adds --set train.epochs=1 --set 'data.options={limit_train: 7}'" in captured.err

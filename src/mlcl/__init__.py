@@ -3,6 +3,7 @@
 from mlcl import relations
 from mlcl.errors import CheckpointError, ConfigError, DataError, MlclError, TrainingError
 from mlcl.losses import MultiLevelSupConLoss, NTXentLoss, SupConLoss, multilevel_supcon
+from mlcl.models.heads import MultiHeadProjector
 
 __version__ = "0.1.0"
 
@@ -11,6 +12,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "MlclError",
+    "MultiHeadProjector",
     "MultiLevelSupConLoss",
     "NTXentLoss",
     "SupConLoss",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +45,18 @@ def _summary_table(metrics: dict[str, Any]) -> str:
     out = [line.format("level", "metric", "value"), line.format(*("-" * w for w in widths))]
     out += [line.format(*row) for row in rows]
     return "\n".join(out)
+
+
+SET_ENV = "MLCL_SET"
+
+
+def _overrides(given: list[str]) -> list[str]:
+    """The command's ``--set`` values, then those in ``$MLCL_SET`` (shell-quoted, space-separated): for
+    settings every run of a shell should get, such as a quick smoke test of documented commands."""
+    extra = shlex.split(os.environ.get(SET_ENV, ""))
+    if extra and int(os.environ.get("RANK", "0")) == 0:
+        print(f"mlcl: {SET_ENV} adds " + " ".join(f"--set {shlex.quote(o)}" for o in extra), file=sys.stderr)
+    return [*given, *extra]
 
 
 def _listing(folder: Path) -> str:
@@ -110,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "method mlcl, 10 epochs) plus any --set; `mlcl config` prints them, configs/ has ready-made files",
                   file=sys.stderr)
         out = args.out
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, _overrides(args.set))
         with _stopped_then(lambda: _restart_advice(out)):
             trainer = start_run(config, out, progress=not args.quiet)
     with _stopped_then(lambda: f"a second time: stopped at once; continue from the last epoch's checkpoint with "
@@ -176,7 +189,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
         print(config_reference(), end="")
         return 0
-    print(config_yaml(load_config(args.config, args.set)), end="")
+    print(config_yaml(load_config(args.config, _overrides(args.set))), end="")
     return 0
 
 

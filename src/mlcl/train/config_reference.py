@@ -78,7 +78,10 @@ mlcl config --config configs/quickstart.yaml --set train.epochs=2
 changes {owners}, the config file's {owned} are dropped and only
 those given with `--set` remain (a CNN's `width` means nothing to a text encoder).
 
-`mlcl train` without `--config` starts from these defaults (and says so).
+`mlcl train` without `--config` starts from these defaults (and says so). `$MLCL_SET` holds `--set`
+values that every `mlcl train` and `mlcl config` of the shell adds after its own (space-separated,
+quoted as in the shell), e.g. `MLCL_SET="train.device=cpu train.threads=4"`; the command says what it
+added.
 """
 
 
