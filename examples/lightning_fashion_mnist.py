@@ -46,12 +46,15 @@ def main() -> None:
     views = partial(make_views, n_views=2, augment=ImageAugment(crop_padding=2, hflip=True, erase_prob=0.1))
     module = ContrastiveModule(encoder, projector, loss, views=views, lr=2e-3)
 
+    on_gpus = torch.cuda.is_available() and args.accelerator in ("auto", "gpu", "cuda")
     trainer = L.Trainer(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
                         max_steps=args.max_steps, default_root_dir=args.out, log_every_n_steps=1,
-                        sync_batchnorm=args.devices > 1, enable_checkpointing=False)
+                        sync_batchnorm=args.devices > 1 and on_gpus,  # torch's SyncBatchNorm needs GPUs
+                        enable_checkpointing=False)
     trainer.fit(module, loader)
+    log_dir = trainer.log_dir  # a collective call: every process asks
     if trainer.is_global_zero:
-        print(f"trained {trainer.global_step} steps; logs in {trainer.log_dir}")
+        print(f"trained {trainer.global_step} steps; logs in {log_dir}")
 
 
 if __name__ == "__main__":
