@@ -123,9 +123,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                   "method mlcl, 10 epochs) plus any --set; `mlcl config` prints them, configs/ has ready-made files",
                   file=sys.stderr)
         out = args.out
-        config = load_config(args.config, _overrides(args.set))
+        overrides = _overrides(args.set) + (["train.tensorboard=false"] if args.no_tensorboard else [])
+        config = load_config(args.config, overrides)
         with _stopped_then(lambda: _restart_advice(out)):
             trainer = start_run(config, out, progress=not args.quiet)
+    if args.no_tensorboard:  # a resumed run too
+        trainer.tensorboard = False
     with _stopped_then(lambda: f"a second time: stopped at once; continue from the last epoch's checkpoint with "
                                f"mlcl train --resume {out}"):
         trainer.train()
@@ -133,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     with _stopped_then(lambda: f"during evaluation; training is complete: evaluate it with mlcl eval {out}"):
         trainer.run.load_weights("best")  # chosen on validation
-        metrics = evaluate_run(trainer.run)
+        metrics = evaluate_run(trainer.run, progress=not args.quiet)
     epochs = metrics["epochs"]
     print(f"\n{trainer.dataset.name} / {trainer.config.method.name}: {epochs} epoch{'s' * (epochs != 1)} in "
           f"{metrics['train_seconds']:.1f} s; test results (best epoch {metrics['best_epoch']}):")
@@ -142,14 +145,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_folder(run_dir: Path, out: str | None, checkpoint: str, overwrite: bool) -> Path:
+    """Where ``mlcl eval`` writes: ``--out``, else ``RUN/eval-CHECKPOINT`` (``-2``, ``-3``, ... when taken),
+    never over earlier results unless ``--overwrite``."""
+    if out is not None:
+        folder = Path(out)
+        if (folder / "metrics.json").exists() and not overwrite:
+            raise MlclError(f"{folder / 'metrics.json'} exists; add --overwrite or choose another --out")
+        return folder
+    folder, n = run_dir / f"eval-{checkpoint}", 1
+    while (folder / "metrics.json").exists() and not overwrite:
+        n += 1
+        folder = run_dir / f"eval-{checkpoint}-{n}"
+    return folder
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from mlcl.train.results import evaluate_run
     from mlcl.train.run import load_run
 
+    run_dir = Path(args.run_dir)
+    folder = _eval_folder(run_dir, args.out, args.checkpoint, args.overwrite)
     with _stopped_then(lambda: f"during evaluation; evaluate again with mlcl eval {args.run_dir}"):
-        run = load_run(args.run_dir, "best", progress=not args.quiet, allow_data_change=args.allow_data_change)
-        metrics = evaluate_run(run)
+        run = load_run(run_dir, args.checkpoint, progress=not args.quiet, allow_data_change=args.allow_data_change)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise MlclError(f"--out {folder} is (or is inside) a file; give a folder") from None
+        metrics = evaluate_run(run, folder, progress=not args.quiet)
     print(_summary_table(metrics))
+    print(f"\nwritten to {folder}: {_listing(folder)}")
     return 0
 
 
@@ -157,9 +182,19 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from mlcl.train.embed import export_embeddings
 
     with _stopped_then(lambda: "before the embeddings were complete; run the same mlcl embed command again"):
-        path, count, dims = export_embeddings(Path(args.run_dir), args.input, args.head, Path(args.out),
-                                              allow_data_change=args.allow_data_change)
-    print(f"wrote {count} embeddings of dimension {dims} to {path}")
+        paths, count, dims = export_embeddings(Path(args.run_dir), args.input, args.head, Path(args.out),
+                                               args.checkpoint, args.overwrite,
+                                               allow_data_change=args.allow_data_change)
+    print(f"wrote {count} embeddings of dimension {dims} with their ids and labels to {', '.join(map(str, paths))}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mlcl.train.export import export_run
+
+    out = export_run(args.run_dir, args.out, args.checkpoint, allow_data_change=args.allow_data_change)
+    print(f"exported {args.run_dir} ({args.checkpoint} checkpoint) to {out}: {_listing(out)}; "
+          f"load it with mlcl.load_run({str(out)!r})")
     return 0
 
 
@@ -211,24 +246,43 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     train.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR")
     train.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun)")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
     train.add_argument("--allow-data-change", action="store_true", help=ALLOW_DATA_CHANGE_HELP)
+    train.add_argument("--no-tensorboard", action="store_true",
+                       help="write no TensorBoard event files (the same as --set train.tensorboard=false)")
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("eval", help="re-evaluate a finished run")
+    checkpoint = dict(choices=("best", "last"), default="best",
+                      help="best (by the validation monitor; last when the run has none) or last (default: %(default)s)")
+    evaluate = sub.add_parser("eval", help="evaluate a trained run again, into a new folder")
     evaluate.add_argument("run_dir")
-    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--checkpoint", **checkpoint)
+    evaluate.add_argument("--out", help="folder for metrics.json and plots (default: RUN/eval-CHECKPOINT, numbered "
+                                        "when taken)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace the results already in that folder")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress output")
     evaluate.add_argument("--allow-data-change", action="store_true", help=ALLOW_DATA_CHANGE_HELP)
     evaluate.set_defaults(func=cmd_eval)
 
-    embed = sub.add_parser("embed", help="export embeddings of a trained run")
+    embed = sub.add_parser("embed", help="export embeddings of a trained run, with ids and labels")
     embed.add_argument("run_dir")
     embed.add_argument("--input", default="test",
                        help="train, val or test (the run's own splits) or a CSV/JSONL file with the run's input column")
     embed.add_argument("--head", default="encoder", help="a head name (see the run's config) or 'encoder'")
-    embed.add_argument("--out", required=True, help="output file: .npy, .pt or .csv")
+    embed.add_argument("--out", required=True,
+                       help="output file: .npz or .csv (vectors, ids, labels), or .npy / .pt (ids and labels in "
+                            "NAME.rows.csv beside)")
+    embed.add_argument("--checkpoint", **checkpoint)
+    embed.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     embed.add_argument("--allow-data-change", action="store_true", help=ALLOW_DATA_CHANGE_HELP)
     embed.set_defaults(func=cmd_embed)
+
+    export = sub.add_parser("export", help="write a run's weights as safetensors with their config (no pickle)")
+    export.add_argument("run_dir")
+    export.add_argument("--out", required=True, help="a new (or empty) folder")
+    export.add_argument("--checkpoint", **checkpoint)
+    export.add_argument("--allow-data-change", action="store_true", help=ALLOW_DATA_CHANGE_HELP)
+    export.set_defaults(func=cmd_export)
 
     config = sub.add_parser("config", help="print the resolved config of --config and --set (nothing runs)")
     config.add_argument("--config", help="YAML config file (without it: the defaults)")

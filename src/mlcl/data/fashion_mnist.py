@@ -126,7 +126,8 @@ def is_available(data_dir: str | Path | None = None) -> tuple[bool, str]:
 def _labeled(images: torch.Tensor, fine: torch.Tensor, index: torch.Tensor) -> LabeledSplit:
     fine = fine[index]
     inputs = images[index].unsqueeze(1).float().div_(255.0)
-    return LabeledSplit(inputs, {"coarse": torch.tensor(FINE2COARSE)[fine], "fine": fine})
+    ids = [str(i) for i in index.tolist()]  # the image's index in its official file
+    return LabeledSplit(inputs, {"coarse": torch.tensor(FINE2COARSE)[fine], "fine": fine}, ids)
 
 
 def _limited(labels: torch.Tensor, index: torch.Tensor, limit: int | None, seed: int) -> torch.Tensor:

@@ -148,4 +148,5 @@ def load_image_folder(
     inputs = load_images(files, size=size, grayscale=grayscale)
     labels = hierarchy.leaf_to_levels(hierarchy.encode("fine", fine_names))
     targets = {name: labels[:, k].contiguous() for k, name in enumerate(hierarchy.level_names)}
-    return LabeledSplit(inputs, targets), hierarchy.label_levels(), hierarchy
+    ids = [file.relative_to(root).as_posix() for file in files]
+    return LabeledSplit(inputs, targets, ids), hierarchy.label_levels(), hierarchy

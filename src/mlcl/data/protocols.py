@@ -185,4 +185,4 @@ def _noisy_split(
                 targets[name][rows.to(device)] = ancestors[:, k].to(device)
     mask = torch.zeros(len(split), dtype=torch.bool)
     mask[rows] = True
-    return LabeledSplit(split.inputs, targets), mask
+    return LabeledSplit(split.inputs, targets, split.ids), mask

@@ -432,7 +432,8 @@ def load_table(
       the order groups first appear, classes in mapping order.
 
     ``hierarchy`` is a :class:`Hierarchy` or a path to its JSON; passing it fixes the class ids, so
-    train and test files get the same ids. Returns ``(split, label_levels, hierarchy or None)``.
+    train and test files get the same ids. The split's ``ids`` are the rows' line numbers. Returns
+    ``(split, label_levels, hierarchy or None)``.
     """
     _check_label_args(levels, leaf, hierarchy, multi_label, groups)
     if not isinstance(separator, str) or not separator:
@@ -446,15 +447,16 @@ def load_table(
     if table.checked_header:
         table.require(input_columns + label_columns)
     inputs = _inputs(table, input_columns, input_kind, size, grayscale)
+    ids = [str(line) for line, _ in table.rows]  # line numbers, as an editor (and every error message) shows them
     if multi_label is not None:
         targets, label_levels = _multi_label(table, multi_label, groups, separator)
-        return LabeledSplit(inputs, targets), label_levels, None
+        return LabeledSplit(inputs, targets, ids), label_levels, None
     if isinstance(hierarchy, (str, Path)):
         hierarchy = Hierarchy.from_json(hierarchy)
     if hierarchy is None:
         hierarchy = _columns_hierarchy(table, label_columns)
     targets = _hierarchy_labels(table, label_columns, hierarchy)
-    return LabeledSplit(inputs, targets), hierarchy.label_levels(), hierarchy
+    return LabeledSplit(inputs, targets, ids), hierarchy.label_levels(), hierarchy
 
 
 def load_inputs(
@@ -464,11 +466,12 @@ def load_inputs(
     input_kind: InputKind = "auto",
     size: int | None = None,
     grayscale: bool | None = None,
-) -> torch.Tensor | list[str]:
-    """Only the inputs of a CSV or JSONL file, read as :func:`load_table` reads them: for embedding
-    new, unlabelled samples with a trained run (no label column is needed)."""
+) -> LabeledSplit:
+    """Only the inputs of a CSV or JSONL file, read as :func:`load_table` reads them, with the rows'
+    line numbers as ids and no targets: for embedding new, unlabelled samples with a trained run."""
     input_columns = _as_list(input, "input")
     table = _read_table(Path(path))
     if table.checked_header:
         table.require(input_columns)
-    return _inputs(table, input_columns, input_kind, size, grayscale)
+    inputs = _inputs(table, input_columns, input_kind, size, grayscale)
+    return LabeledSplit(inputs, {}, [str(line) for line, _ in table.rows])

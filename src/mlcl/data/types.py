@@ -19,11 +19,14 @@ class LabeledSplit:
 
     ``inputs`` are images ``(N, C, H, W)`` float32 in [0, 1], feature vectors ``(N, F)``, or a list of
     texts. ``targets[level]`` is ``(N,)`` int64 (``-1`` = unknown) for single-label levels and ``(N, C)``
-    float32 multi-hot for multi-label levels.
+    float32 multi-hot for multi-label levels. ``ids`` name where each row came from (a file's line
+    number, an image's path, an index in the official files), so exported embeddings can be joined
+    back to the source; None when the loader does not say.
     """
 
     inputs: torch.Tensor | list[str]
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
+    ids: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -34,7 +37,8 @@ class LabeledSplit:
             inputs: torch.Tensor | list[str] = [self.inputs[i] for i in index.tolist()]
         else:
             inputs = self.inputs[index]
-        return LabeledSplit(inputs, {k: v[index] for k, v in self.targets.items()})
+        ids = [self.ids[i] for i in index.tolist()] if self.ids is not None else None
+        return LabeledSplit(inputs, {k: v[index] for k, v in self.targets.items()}, ids)
 
 
 @dataclass

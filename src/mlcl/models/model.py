@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -67,3 +67,35 @@ class MultiLevelModel(nn.Module):
         head_input = features.detach() if self.detach_classifiers else features
         logits = {name: classifier(head_input) for name, classifier in self.classifiers.items()}
         return ModelOutput(features, projections, logits)
+
+
+@dataclass
+class ModelSpec:
+    """What builds a :class:`MultiLevelModel` besides its weights, as plain data (it is saved as JSON):
+    an exported model is rebuilt from it without the data it was trained on.
+
+    ``encoder_options`` include the sizes the data fixed (``in_channels``, ``in_dim``); ``head_names``
+    are the projection heads in order (none: no projector); ``classifiers`` map a level to its classes.
+    """
+
+    encoder: str
+    encoder_options: dict[str, Any]
+    head_names: list[str]
+    proj_hidden: int
+    proj_dim: int
+    proj_depth: int
+    classifiers: dict[str, int]
+
+    def build(self) -> MultiLevelModel:
+        """A freshly initialised model of this shape."""
+        from mlcl.models.encoders import build_encoder
+
+        encoder = build_encoder(self.encoder, **self.encoder_options)
+        projector = None
+        if self.head_names:
+            projector = MultiHeadProjector(encoder.out_dim, len(self.head_names), hidden_dim=self.proj_hidden,
+                                           out_dim=self.proj_dim, depth=self.proj_depth, head_names=self.head_names)
+        return MultiLevelModel(encoder, projector, classifiers=self.classifiers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from mlcl.errors import ConfigError
+from mlcl.progress import bar
 from mlcl.user_input import check_positive_int
 
 POOLINGS = ("mean", "cls", "max")
@@ -229,7 +229,7 @@ def _compute_embeddings(
     try:
         with torch.no_grad():
             starts = range(0, len(texts), batch_size)
-            for start in tqdm(starts, desc="embedding texts", unit="batch", disable=not progress):
+            for start in bar(progress, iterable=starts, desc="embedding texts", unit="batch"):
                 index = order[start : start + batch_size]
                 out[index] = encoder([texts[i] for i in index]).float().cpu()
     finally:

@@ -175,6 +175,8 @@ class TrainConfig:
                                                "training samples")
     log_every: int | None = setting(None, "steps between host syncs (logs, non-finite check); null: 1 on CPU, "
                                           "25 on GPUs")
+    tensorboard: bool = setting(True, "write TensorBoard event files to RUN/tensorboard/ (when tensorboard is "
+                                      "installed)")
 
     def validate(self, key: str) -> None:
         for name in ("epochs", "batch_size", "monitor_every", "monitor_train_samples"):

@@ -10,6 +10,8 @@ from torch import nn
 from mlcl.data.types import Dataset, LabeledSplit
 from mlcl.eval.metrics import mean_average_precision, top1
 from mlcl.eval.probe import evaluate_levels, knn_predict
+from mlcl.progress import bar as progress_bar
+from mlcl.progress import note
 
 
 def _batches(inputs: torch.Tensor | list[str], batch_size: int):
@@ -19,12 +21,15 @@ def _batches(inputs: torch.Tensor | list[str], batch_size: int):
 
 @torch.no_grad()
 def extract(model: nn.Module, inputs: torch.Tensor | list[str], device: torch.device, batch_size: int = 512,
-            what: str = "features") -> torch.Tensor:
-    """Encoder features ``(N, F)`` or every head's projections ``(H, N, D)`` (``what="projections"``)."""
+            what: str = "features", progress: str | None = None) -> torch.Tensor:
+    """Encoder features ``(N, F)`` or every head's projections ``(H, N, D)`` (``what="projections"``);
+    ``progress`` names a progress bar over the batches (shown on a terminal)."""
     was_training = model.training
     model.eval()
     outputs = []
-    for chunk in _batches(inputs, batch_size):
+    batches = progress_bar(progress is not None, iterable=_batches(inputs, batch_size), desc=progress,
+                           total=-(-len(inputs) // batch_size), unit="batch", leave=False)
+    for chunk in batches:
         chunk = chunk.to(device) if isinstance(chunk, torch.Tensor) else chunk
         if what == "features":
             outputs.append(model.encode(chunk).float().cpu())
@@ -64,11 +69,18 @@ def monitor_score(
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn_k: int,
-                   probe_epochs: int = 100) -> dict[str, Any]:
-    """``{"test": {LEVEL: {...}, "consistency": {...}}, "classifier": {LEVEL: top1}}`` on frozen features."""
-    train_x = extract(model, dataset.train.inputs, device)
-    test_x = extract(model, dataset.test.inputs, device)
-    val_x = extract(model, dataset.val.inputs, device) if dataset.val is not None else None
+                   probe_epochs: int = 100, progress: bool = False) -> dict[str, Any]:
+    """``{"test": {LEVEL: {...}, "consistency": {...}}, "classifier": {LEVEL: top1}}`` on frozen features.
+
+    With ``progress``, a line per stage on stderr (and bars over the batches on a terminal)."""
+    sizes = ", ".join(f"{len(split)} {name}" for name, split in
+                      (("train", dataset.train), ("val", dataset.val), ("test", dataset.test)) if split is not None)
+    note(progress, f"eval: encoding {sizes} samples")
+    train_x = extract(model, dataset.train.inputs, device, progress="train" if progress else None)
+    test_x = extract(model, dataset.test.inputs, device, progress="test" if progress else None)
+    val_x = extract(model, dataset.val.inputs, device, progress="val" if progress else None) if dataset.val is not None else None
+    note(progress, f"eval: linear probe (up to {probe_epochs} L-BFGS iterations) and {knn_k}-NN per level: "
+                   f"{', '.join(dataset.level_names)}")
     results: dict[str, Any] = {
         "test": evaluate_levels(
             train_x, dataset.train.targets, test_x, dataset.test.targets, dataset.levels,

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from mlcl import progress
 from mlcl.errors import CheckpointError, ConfigError, TrainingError
 from mlcl.train import ddp
 from mlcl.train.checkpoint import load_weights, restore_state, save_checkpoint
@@ -31,6 +32,7 @@ from mlcl.train.evaluation import monitor_score
 from mlcl.train.run import Run, build_run, check_same_data, read_checkpoint
 from mlcl.train.run_dir import create_run_dir, is_writer, prepare_resume
 from mlcl.train.runtime import StopRequest, barrier, seed_rank
+from mlcl.train.tensorboard import TensorBoardLogger, open_logger
 from mlcl.train.views import ViewMaker
 
 
@@ -140,6 +142,7 @@ class Trainer:
         self.epoch_callbacks: list[Callable[[Trainer, dict[str, Any]], None]] = []
         # Called on the main process with (global step, values) for every step, when the values reach the host.
         self.step_callbacks: list[Callable[[int, dict[str, float]], None]] = []
+        self.tensorboard = train.tensorboard  # the CLI's --no-tensorboard turns it off for a resumed run too
 
     @property
     def model(self) -> nn.Module:
@@ -323,8 +326,27 @@ class Trainer:
             writer.writeheader()
             writer.writerows(history)
 
+    def _temperatures(self) -> dict[str, float]:
+        """Each head's temperature (learnable ones change), when the loss has one per head."""
+        temperatures = getattr(self.objective.contrastive, "temperatures", None)
+        if not isinstance(temperatures, torch.Tensor) or temperatures.numel() != len(self.objective.heads):
+            return {}
+        return {f"temperature_{h.name}": t for h, t in zip(self.objective.heads, temperatures.tolist())}
+
     def train(self) -> None:
         """Train until ``train.epochs``; on SIGINT / SIGTERM save ``last.pt`` and raise :class:`Interrupted`."""
+        logger = open_logger(self.out_dir, self.tensorboard and self.is_main, self.state["global_step"])
+        if logger is not None:  # each step's values as they reach the host (temperatures: as of that moment)
+            log_step = lambda step, values: logger.log(step, {**values, **self._temperatures()})  # noqa: E731
+            self.step_callbacks.append(log_step)
+        try:
+            self._train(logger)
+        finally:
+            if logger is not None:
+                self.step_callbacks.remove(log_step)
+                logger.close()
+
+    def _train(self, logger: TensorBoardLogger | None) -> None:
         train = self.config.train
         samples_per_step = train.batch_size * self.world
         if self.state["global_step"] == 0 and self.is_main:
@@ -336,9 +358,9 @@ class Trainer:
                 if isinstance(self._train_inputs, torch.Tensor):  # index where the data is (on a GPU: no copy)
                     order = order.to(self._train_inputs.device)
                 started = time.perf_counter()
-                bar = tqdm(total=self.steps_per_epoch, initial=self.state["step"],
-                           desc=f"epoch {epoch + 1}/{train.epochs}", disable=not (self.progress and self.is_main),
-                           unit="step", mininterval=1.0, leave=False)
+                bar = progress.bar(self.progress and self.is_main, total=self.steps_per_epoch,
+                                   initial=self.state["step"], desc=f"epoch {epoch + 1}/{train.epochs}", unit="step",
+                                   mininterval=1.0, leave=False)
                 while self.state["step"] < self.steps_per_epoch:
                     if self._stop_requested(stop):
                         bar.close()
@@ -361,8 +383,11 @@ class Trainer:
                 seconds = time.perf_counter() - started
                 self.state["train_seconds"] += seconds
                 self._end_epoch(seconds)
+                record = self.state["history"][-1]
+                if logger is not None:
+                    logger.log(self.state["global_step"], {k: v for k, v in record.items() if k != "epoch"}, "epoch")
+                    logger.flush()
                 if self.is_main and self.progress:
-                    record = self.state["history"][-1]
                     extra = f", val kNN {record['val_knn']:.4f}" if "val_knn" in record else ""
                     tqdm.write(f"epoch {record['epoch']}/{train.epochs}: loss {record['loss']:.4f}{extra} "
                                f"({seconds:.1f} s)")

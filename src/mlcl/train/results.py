@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from mlcl.train import plots
@@ -10,10 +11,13 @@ from mlcl.train.evaluation import evaluate_model
 from mlcl.train.run import Run
 
 
-def evaluate_run(run: Run) -> dict[str, Any]:
-    """Evaluate the run's model as loaded (usually its best checkpoint); write ``metrics.json`` and plots."""
+def evaluate_run(run: Run, out_dir: Path | None = None, *, progress: bool = False) -> dict[str, Any]:
+    """Evaluate the run's model as loaded (usually its best checkpoint); write ``metrics.json`` and plots
+    to ``out_dir`` (default: the run's folder). ``progress``: a line per stage on stderr."""
     config, state = run.config, run.state
-    metrics = evaluate_model(run.model, run.dataset, run.device, config.eval.knn_k, config.eval.probe_epochs)
+    out_dir = run.out_dir if out_dir is None else out_dir
+    metrics = evaluate_model(run.model, run.dataset, run.device, config.eval.knn_k, config.eval.probe_epochs,
+                             progress=progress)
     metrics.update({
         "dataset": run.dataset.name,
         "method": config.to_dict()["method"],
@@ -23,11 +27,10 @@ def evaluate_run(run: Run) -> dict[str, Any]:
         "train_seconds": round(state["train_seconds"], 2),
         "seed": config.seed,
     })
-    (run.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    plots.training_curves(state["history"], run.out_dir / "curves.png")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    plots.training_curves(state["history"], out_dir / "curves.png")
     if config.eval.embedding_map != "none":
-        plots.embedding_maps(run.model, run.dataset, run.heads, run.device, run.out_dir / "embeddings.png",
-                             config.eval)
+        plots.embedding_maps(run.model, run.dataset, run.heads, run.device, out_dir / "embeddings.png", config.eval)
     return metrics
 
 

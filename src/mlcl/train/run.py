@@ -17,9 +17,7 @@ import torch
 from mlcl.data.fingerprint import data_change, data_fingerprint
 from mlcl.data.types import Dataset
 from mlcl.errors import CheckpointError, ConfigError, DataError
-from mlcl.models.encoders import build_encoder
-from mlcl.models.heads import MultiHeadProjector
-from mlcl.models.model import MultiLevelModel
+from mlcl.models.model import ModelSpec, MultiLevelModel
 from mlcl.train.checkpoint import check_run_checkpoint, load_checkpoint, load_weights
 from mlcl.train.config import IMAGE_ENCODERS, TEXT_ENCODERS, Config, DataConfig, load_config
 from mlcl.train.data_setup import frozen_text_options, load_data, prepare_dataset, uses_frozen_text_encoder
@@ -142,29 +140,26 @@ def _with_data_size(options: dict[str, Any], key: str, value: int) -> dict[str, 
     return {**options, key: value}
 
 
-def build_model(config: Config, dataset: Dataset, objective: Objective) -> MultiLevelModel:
+def model_spec(config: Config, dataset: Dataset, objective: Objective) -> ModelSpec:
     """Encoder for the data's modality, one projection head per objective head, optional classifiers.
 
     ``dataset`` is the prepared one: a frozen text encoder's texts are already embeddings, read by an MLP.
     """
     model_cfg = config.model
-    options = dict(model_cfg.encoder_options)
+    name, options = model_cfg.encoder, dict(model_cfg.encoder_options)
     if dataset.modality == "image":
         options = _with_data_size(options, "in_channels", dataset.train.inputs.shape[1])
-        encoder = build_encoder(model_cfg.encoder, **options)
     elif dataset.modality == "features":
         if uses_frozen_text_encoder(config):  # the sentence encoder's options were used by prepare_dataset
             options = frozen_text_options(model_cfg)[1]
-        encoder = build_encoder("mlp", **_with_data_size(options, "in_dim", dataset.train.inputs.shape[1]))
-    else:
-        encoder = build_encoder(model_cfg.encoder, **options)
-    projector = None
-    if objective.heads:
-        projector = MultiHeadProjector(
-            encoder.out_dim, len(objective.heads), hidden_dim=model_cfg.proj_hidden, out_dim=model_cfg.proj_dim,
-            depth=model_cfg.proj_depth, head_names=[h.name for h in objective.heads],
-        )
-    return MultiLevelModel(encoder, projector, classifiers=objective.classifier_levels)
+        name, options = "mlp", _with_data_size(options, "in_dim", dataset.train.inputs.shape[1])
+    return ModelSpec(name, options, [h.name for h in objective.heads], model_cfg.proj_hidden, model_cfg.proj_dim,
+                     model_cfg.proj_depth, objective.classifier_levels)
+
+
+def build_model(config: Config, dataset: Dataset, objective: Objective) -> MultiLevelModel:
+    """The model of :func:`model_spec`, freshly initialised."""
+    return model_spec(config, dataset, objective).build()
 
 
 def build_run(config: Config, out_dir: str | Path | None = None, *, progress: bool = True) -> Run:
