@@ -136,13 +136,24 @@ def test_same_seed_reproduces_and_another_seed_differs(tmp_path):
 def test_embed_exports_each_head_and_the_encoder(tmp_path):
     code, out = run(tmp_path, *SMALL_FASHION, "data.options.limit_train=600", "eval.embedding_map=none")
     assert code == 0
+    from mlcl.data.fashion_mnist import CLASSES, COARSE_CLASSES, load_raw
+
+    _, official_labels = load_raw("test")
     for head, dims in (("encoder", 128), ("fine", 32), ("coarse", 32)):
-        target = tmp_path / f"{head}.npy"
+        target = tmp_path / f"{head}.npz"
         assert main(["embed", str(out), "--head", head, "--input", "test", "--out", str(target)]) == 0
-        vectors = np.load(target)
-        assert vectors.shape == (600, dims)
+        saved = np.load(target)
+        assert saved["embeddings"].shape == (600, dims)
+        # ids are indices in the official test file; the labels written beside them are that image's classes
+        ids = saved["ids"].astype(int)
+        assert len(set(ids.tolist())) == 600
+        assert saved["label_fine"].tolist() == [CLASSES[official_labels[i]] for i in ids]
+        assert set(saved["label_coarse"].tolist()) <= set(COARSE_CLASSES)
+    bare = tmp_path / "fine.npy"
+    assert main(["embed", str(out), "--head", "fine", "--out", str(bare)]) == 0
+    rows = (tmp_path / "fine.rows.csv").read_text().splitlines()
+    assert np.load(bare).shape == (600, 32) and rows[0] == "id,coarse,fine" and len(rows) == 601
     assert main(["embed", str(out), "--head", "fien", "--out", str(tmp_path / "x.npy")]) == 2
-    assert main(["eval", str(out), "--quiet"]) == 0
 
 
 def test_learnable_temperatures_get_no_weight_decay(tmp_path):

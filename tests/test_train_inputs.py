@@ -105,13 +105,17 @@ def test_embed_a_new_table_file_with_a_trained_text_run(tmp_path, embedding_cach
     out = tmp_path / "fine.csv"
     assert main(["embed", str(run), "--head", "fine", "--input", str(EXAMPLES / "tiny_hierarchy.csv"),
                  "--out", str(out)]) == 0
-    vectors = np.loadtxt(out, delimiter=",")
-    assert vectors.shape == (12, 8)
-    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-4)  # head embeddings are unit vectors
+    header = out.read_text().splitlines()[0].split(",")
+    assert header == ["id", "e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7"]  # a file given with --input: no labels
+    table = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert table.shape == (12, 9) and table[:, 0].tolist() == list(range(2, 14))  # ids: the rows' line numbers
+    np.testing.assert_allclose(np.linalg.norm(table[:, 1:], axis=1), 1.0, rtol=1e-4)  # head embeddings are unit vectors
     unlabelled = tmp_path / "new.csv"  # new samples: only the input column
     unlabelled.write_text("text\nA cotton shirt\nLeather boots for winter\n")
-    assert main(["embed", str(run), "--head", "fine", "--input", str(unlabelled), "--out", str(out)]) == 0
-    assert np.loadtxt(out, delimiter=",").shape == (2, 8)
+    assert main(["embed", str(run), "--head", "fine", "--input", str(unlabelled), "--out", str(out)]) == 2  # exists
+    assert main(["embed", str(run), "--head", "fine", "--input", str(unlabelled), "--out", str(out),
+                 "--overwrite"]) == 0
+    assert np.loadtxt(out, delimiter=",", skiprows=1).shape == (2, 9)
     assert main(["embed", str(tmp_path), "--head", "fine", "--out", str(out)]) == 2  # not a run
     assert main(["embed", str(run), "--head", "fine", "--input", str(tmp_path / "nope.csv"),
                  "--out", str(out)]) == 2
