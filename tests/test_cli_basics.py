@@ -73,3 +73,25 @@ def test_mlcl_set_adds_overrides_after_the_commands_own_and_says_so(monkeypatch,
     assert printed["train"]["epochs"] == 1  # after the command's own --set
     assert printed["data"]["options"] == {"val_size": 5000, "limit_train": 7}
     assert "MLCL_SET adds --set train.epochs=1 --set 'data.options={limit_train: 7}'" in captured.err
+
+
+def test_class_colours_are_not_light_and_dark_pairs_of_one_hue():
+    import colorsys
+    import itertools
+
+    import matplotlib
+
+    from mlcl.train.plots import class_colours
+
+    def closest(colours):
+        return min(sum((a - b) ** 2 for a, b in zip(x, y)) ** 0.5 for x, y in itertools.combinations(colours, 2))
+
+    def same_hue_pairs(colours):
+        hues = [colorsys.rgb_to_hsv(*c)[0] for c in colours if colorsys.rgb_to_hsv(*c)[1] > 0.2]
+        return sum(min(abs(a - b), 1 - abs(a - b)) < 0.02 for a, b in itertools.combinations(hues, 2))
+
+    tab20 = [c[:3] for c in matplotlib.colormaps["tab20"].colors]
+    assert same_hue_pairs(tab20[:10]) >= 2  # what the maps used: blue / light blue, orange / light orange, ...
+    assert same_hue_pairs(class_colours(10)) == 0
+    assert closest(class_colours(20)) > 2 * closest(tab20)
+    assert len(set(class_colours(27))) == 27

@@ -40,6 +40,21 @@ def training_curves(history: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def class_colours(count: int) -> list[tuple[float, ...]]:
+    """``count`` colours as far apart as matplotlib's qualitative palettes allow: tab10, then each next
+    colour the one of tab20 / Dark2 / Set1-3 / Accent farthest (RGB) from all chosen so far. tab20 alone
+    pairs a dark and a light shade of one hue, which are hard to tell apart on a scatter plot."""
+    pool = [tuple(c[:3]) for name in ("tab20", "Dark2", "Set1", "Set2", "Set3", "Accent")
+            for c in matplotlib.colormaps[name].colors]
+    chosen = [tuple(c[:3]) for c in matplotlib.colormaps["tab10"].colors][:count]
+    while len(chosen) < count:
+        chosen.append(max(pool, key=lambda c: min(sum((a - b) ** 2 for a, b in zip(c, x)) for x in chosen)))
+    return chosen
+
+
+MAX_LEGEND = 20  # more classes than this: no legend (it would cover the map)
+
+
 def _colour_labels(
     dataset: Dataset, level_name: str | None, index: torch.Tensor
 ) -> tuple[torch.Tensor, str, list[str]]:
@@ -60,7 +75,7 @@ def embedding_maps(model: torch.nn.Module, dataset: Dataset, heads: list, device
     if heads:
         projections = extract(model, subset.inputs, device, what="projections")
         panels += [(f"head {h.name}", projections[i], h.level.name if h.level else None) for i, h in enumerate(heads)]
-    fig = Figure(figsize=(4.2 * len(panels), 4.2))
+    fig = Figure(figsize=(4.6 * len(panels), 5.2))
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, points, level_name) in zip(axes[0], panels):
         points = torch.nn.functional.normalize(points, dim=1).numpy()
@@ -70,14 +85,15 @@ def embedding_maps(model: torch.nn.Module, dataset: Dataset, heads: list, device
         else:
             xy = PCA(n_components=2, random_state=0).fit_transform(points)
         colours, label_name, classes = _colour_labels(dataset, level_name, index)
-        cmap = matplotlib.colormaps["tab20"]
+        palette = class_colours(len(classes))
         for class_id in colours.unique().tolist():
             if class_id < 0:
                 continue
             mask = (colours == class_id).numpy()
-            ax.scatter(xy[mask, 0], xy[mask, 1], color=cmap(class_id % 20), s=4, alpha=0.8, label=classes[class_id])
-        if len(classes) <= 12:
-            ax.legend(fontsize=6, markerscale=2, loc="best", frameon=False)
+            ax.scatter(xy[mask, 0], xy[mask, 1], color=palette[class_id], s=5, alpha=0.8, label=classes[class_id])
+        if len(classes) <= MAX_LEGEND:
+            ax.legend(fontsize=8, markerscale=3, loc="upper center", bbox_to_anchor=(0.5, -0.02), frameon=False,
+                      ncol=min(3, len(classes)), handletextpad=0.2, columnspacing=0.8)
         ax.set_title(f"{title}\ncoloured by {label_name}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
