@@ -54,7 +54,10 @@ def log_rows(run: Path) -> list[dict[str, str]]:
 
 
 def files(run: Path) -> set[str]:
-    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
+    """The run's files; a TensorBoard event file's name (time, host, pid) becomes its folder's."""
+    names = (str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    return {name.split("events.out.tfevents.")[0] + "events" if "events.out.tfevents." in name else name
+            for name in names}
 
 
 def wait_for(path: Path, process: subprocess.Popen) -> None:
