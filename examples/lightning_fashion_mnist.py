@@ -36,7 +36,8 @@ def main() -> None:
 
     L.seed_everything(0)
     data = load_dataset("fashion-mnist", val_size=0, limit_train=args.limit_train)
-    labels = torch.stack([data.train.targets["coarse"], data.train.targets["fine"]], dim=1)  # (N, 2): one column per head
+    # (N, 2) labels: one column per head
+    labels = torch.stack([data.train.targets["coarse"], data.train.targets["fine"]], dim=1)
     loader = DataLoader(TensorDataset(data.train.inputs, labels), batch_size=args.batch_size, shuffle=True,
                         drop_last=True)  # the loss gathers across processes: every batch must be full
 

@@ -1,7 +1,7 @@
 """Use a trained Fashion-MNIST model elsewhere: load it, embed images, find each one's nearest neighbours.
 
-    mlcl export runs/qs --out models/qs           # safetensors + config, loadable without pickle
-    python examples/use_trained_model.py models/qs  # a run folder works too (it is rebuilt with its data)
+mlcl export runs/qs --out models/qs           # safetensors + config, loadable without pickle
+python examples/use_trained_model.py models/qs  # a run folder works too (it is rebuilt with its data)
 """
 
 from __future__ import annotations

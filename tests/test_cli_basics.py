@@ -34,7 +34,8 @@ def test_config_prints_the_resolved_config(capsys):
     assert main(["config", "--config", "configs/quickstart.yaml", "--set", "model.encoder=mlp",
                  "--set", "data.options={limit_train: 4}"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed == load_config("configs/quickstart.yaml", ["model.encoder=mlp", "data.options.limit_train=4"]).to_dict()
+    expected = load_config("configs/quickstart.yaml", ["model.encoder=mlp", "data.options.limit_train=4"])
+    assert printed == expected.to_dict()
     assert printed["model"]["encoder_options"] == {}  # the CNN's options went with the CNN
     assert printed["data"]["options"] == {"val_size": 5000, "limit_train": 4}  # merged
     assert main(["config", "--set", "train.epochs=0"]) == 2

@@ -37,6 +37,7 @@ NOT_RUN_HERE = ("bash scripts/setup.sh", "bash scripts/quickstart.sh", "pip inst
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 SLICE = {"train": 6400, "t10k": 600}
 QUICK = "train.epochs=1 eval.probe_epochs=20"
+QUICKSTART = "mlcl train --config configs/quickstart.yaml --out runs/qs "  # the README's sample output is its
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not fashion_available()[0], reason="needs: apt-get install dataset-fashion-mnist")]
@@ -103,7 +104,8 @@ def _workdir(tmp_path: Path) -> Path:
 def _run(command: str, cwd: Path, env: dict[str, str]) -> str:
     result = subprocess.run(["bash", "-e", "-c", command], cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=900)
-    assert result.returncode == 0, f"`{command}` exited with {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (f"`{command}` exited with {result.returncode}:\n{result.stdout[-3000:]}\n"
+                                    f"{result.stderr[-3000:]}")
     return result.stdout
 
 
@@ -127,9 +129,10 @@ def test_every_shell_command_runs_as_written(document, environment, tmp_path):
         if command.startswith(NOT_RUN_HERE):
             continue
         output = _run(command, workdir, environment)
-        if document.name == "README.md" and command.startswith("mlcl train --config configs/quickstart.yaml --out runs/qs "):
+        if document.name == "README.md" and command.startswith(QUICKSTART):
             # the README's sample output of the quickstart lists the rows this command prints, in order
             sample = re.search(r"^```text\n([^`]*?test results.*?)^```", markdown, re.S | re.M)
             assert sample, "README.md has no sample quickstart output"
             assert _table_rows(sample.group(1)) == _table_rows(output)
-            assert output.strip().splitlines()[-1].split(": ", 1)[1] == sample.group(1).strip().splitlines()[-1].split(": ", 1)[1]
+            files_written = [text.strip().splitlines()[-1].split(": ", 1)[1] for text in (output, sample.group(1))]
+            assert files_written[0] == files_written[1]

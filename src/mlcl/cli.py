@@ -217,7 +217,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from mlcl.train.config import load_config, config_yaml
+    from mlcl.train.config import config_yaml, load_config
 
     if args.reference:
         from mlcl.train.config_reference import config_reference
@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     checkpoint = dict(choices=("best", "last"), default="best",
-                      help="best (by the validation monitor; last when the run has none) or last (default: %(default)s)")
+                      help="best (by the validation monitor; last when the run has none) or last "
+                           "(default: %(default)s)")
     evaluate = sub.add_parser("eval", help="evaluate a trained run again, into a new folder")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--checkpoint", **checkpoint)

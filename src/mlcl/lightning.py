@@ -45,7 +45,8 @@ class ContrastiveModule(L.LightningModule):
         super().__init__()
         self.multi_head = isinstance(loss, MultiLevelSupConLoss) and not isinstance(loss, SupConLoss)
         if self.multi_head and loss.num_heads != projector.n_heads:
-            raise ValueError(f"the loss has {loss.num_heads} heads (temperatures) but the projector {projector.n_heads}")
+            raise ValueError(f"the loss has {loss.num_heads} heads (temperatures) but the projector "
+                             f"{projector.n_heads}")
         if not self.multi_head and projector.n_heads != 1:
             raise ValueError(f"{type(loss).__name__} works on one head, but the projector has {projector.n_heads}; "
                              "use MultiLevelSupConLoss for several heads")

@@ -78,7 +78,9 @@ def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn
     note(progress, f"eval: encoding {sizes} samples")
     train_x = extract(model, dataset.train.inputs, device, progress="train" if progress else None)
     test_x = extract(model, dataset.test.inputs, device, progress="test" if progress else None)
-    val_x = extract(model, dataset.val.inputs, device, progress="val" if progress else None) if dataset.val is not None else None
+    val_x = None
+    if dataset.val is not None:
+        val_x = extract(model, dataset.val.inputs, device, progress="val" if progress else None)
     note(progress, f"eval: linear probe (up to {probe_epochs} L-BFGS iterations) and {knn_k}-NN per level: "
                    f"{', '.join(dataset.level_names)}")
     results: dict[str, Any] = {
