@@ -10,8 +10,8 @@ them quick without changing a command:
   and short linear probes.
 * Commands that install software (`bash scripts/setup.sh`, `bash scripts/quickstart.sh`, `pip install`,
   activating the virtual environment) are not run here: they need the network and a fresh machine,
-  and `.ci/run` runs set-up from nothing on a clean clone. Nor is the test suite itself (this test is
-  part of it).
+  and `.ci/run` runs set-up from nothing on a clean clone. Nor are the contributor commands `.ci/run`
+  runs itself: the linter and the test suite (this test is part of it).
 
 A template that needs the reader's own values (a multi-node rendezvous address) is a ```text block.
 """
@@ -33,7 +33,7 @@ from mlcl.data.fashion_mnist import is_available as fashion_available
 ROOT = Path(__file__).parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 NOT_RUN_HERE = ("bash scripts/setup.sh", "bash scripts/quickstart.sh", "pip install", "source .venv/bin/activate",
-                ".venv/bin/python -m pytest")
+                ".venv/bin/python -m pytest", ".venv/bin/ruff")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 SLICE = {"train": 6400, "t10k": 600}
 QUICK = "train.epochs=1 eval.probe_epochs=20"
