@@ -38,11 +38,12 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+import mlcl
+from mlcl import MultiLevelSupConLoss
+from mlcl.train.runtime import join_local_group
 
-from mlcl import MultiLevelSupConLoss  # noqa: E402
-from mlcl.train.runtime import join_local_group  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(mlcl.__file__).resolve().parents[2]  # the mlcl checkout: its tests hold the brute-force reference
 
 PRECISIONS = {
     "fp32": (torch.float32, None),
@@ -62,6 +63,7 @@ def _loss_and_grad(loss_fn, z, labels, autocast_dtype=None):
 
 
 def correctness(device: str, batch: int) -> dict:
+    sys.path.insert(0, str(CHECKOUT / "tests"))
     from loss_reference import dense_from_labels, reference_loss
 
     results: dict = {}
