@@ -60,8 +60,10 @@ def _overrides(given: list[str]) -> list[str]:
 
 
 def _listing(folder: Path) -> str:
-    """The files and folders in ``folder``, folders with a trailing slash."""
-    return ", ".join(p.name + "/" * p.is_dir() for p in sorted(folder.iterdir(), key=lambda p: (p.is_dir(), p.name)))
+    """The files and folders in ``folder``, folders with a trailing slash (hidden ones, such as the run
+    folder's marker, left out)."""
+    shown = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return ", ".join(p.name + "/" * p.is_dir() for p in sorted(shown, key=lambda p: (p.is_dir(), p.name)))
 
 
 def _launch_distributed(nproc: int, argv: list[str], debug: bool = False) -> int:
