@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -47,9 +48,17 @@ def shell_commands(markdown: str) -> list[str]:
     """The commands of every ```bash block, continuation lines joined, comment-only lines dropped."""
     commands = []
     for block in re.findall(r"^```bash\n(.*?)^```", markdown, re.S | re.M):
-        for command in block.replace("\\\n", " ").splitlines():
-            if command.strip() and not command.lstrip().startswith("#"):
-                commands.append(command.strip())
+        pending = ""
+        for line in block.replace("\\\n", " ").splitlines():
+            if not pending and (not line.strip() or line.lstrip().startswith("#")):
+                continue
+            pending = f"{pending}\n{line}" if pending else line.strip()
+            try:
+                shlex.split(pending, comments=True)  # a quoted string may span lines
+            except ValueError:
+                continue
+            commands.append(pending)
+            pending = ""
     return commands
 
 
