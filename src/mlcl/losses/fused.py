@@ -267,7 +267,7 @@ def supcon_forward_and_grad(
             self_entries.fill_(float("-inf"))
             shift = beta
         elif op == stat:
-            _scaled_bmm(block_anchors, keys_t[:, :-1], betas, sims)
+            torch.bmm(block_anchors * beta, keys_t[:, :-1], out=sims)
             self_entries.fill_(float("-inf"))
             shift = sims.amax(dim=-1, keepdim=True)
             sims.sub_(shift)
