@@ -56,6 +56,8 @@ def main() -> None:
     log_dir = trainer.log_dir  # a collective call: every process asks
     if trainer.is_global_zero:
         print(f"trained {trainer.global_step} steps; logs in {log_dir}")
+    if torch.distributed.is_initialized():  # Lightning leaves the group open; gloo's threads must stop before exit
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
