@@ -42,6 +42,18 @@ class LabeledSplit:
 
 
 @dataclass
+class UnseenClasses:
+    """Finest classes held out of training and validation (the sub-population-shift protocol of
+    :mod:`mlcl.data.shift`) with their rows: ``train`` is the pool few-shot probes draw from, ``test``
+    the rows they and the coarser levels are scored on."""
+
+    level: str
+    classes: list[int]
+    train: LabeledSplit
+    test: LabeledSplit
+
+
+@dataclass
 class Dataset:
     """A dataset with its label structure; levels are ordered coarse -> fine."""
 
@@ -52,6 +64,7 @@ class Dataset:
     test: LabeledSplit
     val: LabeledSplit | None = None
     hierarchy: Hierarchy | None = None
+    unseen: UnseenClasses | None = None  # set by the unseen-classes protocol; ``test`` then holds seen classes
 
     @property
     def level_names(self) -> list[str]:

@@ -61,6 +61,9 @@ class DataConfig:
     fraction: float = setting(1.0, "stratified share of the training labels kept per finest class, in (0, 1]")
     k_shot: int | None = setting(None, "keep this many training samples per finest class (null: all)")
     noise: NoiseConfig = setting(NoiseConfig, "label noise on the training split")
+    unseen_per_parent: int = setting(0, "hold this many random finest classes of every parent (that has more "
+                                        "children) out of training and validation; metrics.json's 'unseen' scores "
+                                        "them (0: none)")
 
     def validate(self, key: str) -> None:
         _check_range(f"{key}.fraction", self.fraction, 0.0, 1.0, low_open=True, high_open=False)
@@ -72,6 +75,9 @@ class DataConfig:
         if self.name in ("table", "image-folder") and not self.path:
             raise ConfigError(f"{key}.path is required when {key}.name is {self.name!r}: set data.path=FILE")
         self.noise.validate(f"{key}.noise")
+        if self.unseen_per_parent < 0:
+            raise ConfigError(f"{key}.unseen_per_parent must be >= 0 (0: every class is seen), got "
+                              f"{self.unseen_per_parent}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 from mlcl.data.image_folder import load_image_folder
 from mlcl.data.protocols import add_label_noise, k_shot, label_fraction
 from mlcl.data.registry import load_dataset
+from mlcl.data.shift import hold_out_classes
 from mlcl.data.splits import fraction_split
 from mlcl.data.tabular import load_table
 from mlcl.data.types import Dataset, LabelLevel
@@ -57,6 +58,8 @@ def _user_dataset(config: DataConfig, seed: int) -> Dataset:
 
 
 def _apply_protocols(dataset: Dataset, config: DataConfig, seed: int) -> Dataset:
+    if config.unseen_per_parent:  # first: the other protocols then act on the seen classes
+        dataset = hold_out_classes(dataset, config.unseen_per_parent, seed)
     finest = dataset.levels[-1]
     train = dataset.train
     if config.k_shot is not None or config.fraction < 1.0:

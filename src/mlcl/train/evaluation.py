@@ -10,6 +10,7 @@ from torch import nn
 from mlcl.data.types import Dataset, LabeledSplit
 from mlcl.eval.metrics import mean_average_precision, top1
 from mlcl.eval.probe import evaluate_levels, knn_predict
+from mlcl.eval.shift import unseen_class_metrics
 from mlcl.progress import bar as progress_bar
 from mlcl.progress import note
 
@@ -91,6 +92,10 @@ def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn
             probe_epochs=probe_epochs,
         )
     }
+    if dataset.unseen is not None:
+        note(progress, f"eval: {len(dataset.unseen.classes)} unseen classes (coarser levels, few-shot)")
+        results["unseen"] = unseen_class_metrics(lambda inputs: extract(model, inputs, device), dataset, train_x,
+                                                 knn_k=knn_k, probe_epochs=probe_epochs)
     classifiers = getattr(model, "classifiers", {})
     if len(classifiers):
         results["classifier"] = {}

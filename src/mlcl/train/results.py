@@ -35,8 +35,11 @@ def evaluate_run(run: Run, out_dir: Path | None = None, *, progress: bool = Fals
 
 
 def flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``metrics.json`` -> ``{LEVEL: {...}, "consistency": {...}}`` (+ classifier top-1 for CE)."""
+    """``metrics.json`` -> ``{LEVEL: {...}, "consistency": {...}}`` (+ classifier top-1 for CE, and the
+    unseen classes' scores when some were held out)."""
     flat = {level: dict(values) for level, values in metrics.get("test", {}).items()}
     for level, values in metrics.get("classifier", {}).items():
         flat.setdefault(level, {})["classifier_top1"] = values["top1"]
+    if "unseen" in metrics:
+        flat["unseen"] = metrics["unseen"]
     return flat
