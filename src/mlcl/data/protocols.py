@@ -1,4 +1,5 @@
-"""Training-set protocols of the experiments: a stratified label fraction, k-shot subsets, label noise.
+"""Training-set protocols of the experiments: a stratified label fraction, k-shot subsets, label noise,
+labels hidden per level (partial labels).
 
 Each is a pure function of a split and an explicit seed (a private ``torch.Generator``), so the same
 seed always selects the same rows and the global RNG is left alone. Apply them to the training split
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 
 import torch
@@ -186,3 +187,69 @@ def _noisy_split(
     mask = torch.zeros(len(split), dtype=torch.bool)
     mask[rows] = True
     return LabeledSplit(split.inputs, targets, split.ids), mask
+
+
+def labelled_rows(split: LabeledSplit) -> dict[str, int]:
+    """The number of rows labelled at each level: a class id >= 0, or at least one label when multi-label."""
+    counts = {}
+    for name, target in split.targets.items():
+        labelled = target.sum(1) > 0 if target.dim() == 2 else target >= 0
+        counts[name] = int(labelled.sum())
+    return counts
+
+
+def keep_level_labels(
+    split: LabeledSplit,
+    hierarchy_or_levels: Hierarchy | Sequence[LabelLevel],
+    fractions: Mapping[str, float],
+    seed: int,
+) -> LabeledSplit:
+    """Hide labels: at each level named in ``fractions``, keep the labels of ``max(1, share(f, n_c))`` random
+    rows of every class ``c`` (``n_c`` = its labelled rows) and set the others to -1. Every row is kept.
+
+    Nested: a row keeps a level's label only if it keeps the label of every coarser level, so a fine label
+    never comes without its coarse one. The levels are drawn finest first: a coarser level keeps the rows
+    whose finer label was kept, then tops each class up to its share. A fraction is of all rows, so a level's
+    fraction may not exceed the one above it (an unnamed level keeps 1). Levels are ordered coarse -> fine;
+    DataError for an unknown or multi-label level, a fraction outside (0, 1], or fractions that grow finer.
+    """
+    levels = hierarchy_or_levels.label_levels() if isinstance(hierarchy_or_levels, Hierarchy) \
+        else list(hierarchy_or_levels)
+    names = [level.name for level in levels]
+    for name, fraction in fractions.items():
+        if name not in names:
+            raise DataError(f"no level {name!r}{did_you_mean(name, names)}; the levels are {names}")
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise DataError(f"the fraction of level {name!r} must be in (0, 1], got {fraction!r}")
+        if next(level for level in levels if level.name == name).multi_label:
+            raise DataError(f"level {name!r} is multi-label; hiding labels needs single-label levels")
+    kept = [float(fractions.get(name, 1.0)) for name in names]
+    for k in range(1, len(names)):
+        if kept[k] > kept[k - 1]:
+            raise DataError(
+                f"level {names[k]!r} keeps {kept[k]} of the labels but {names[k - 1]!r} above it only {kept[k - 1]}; "
+                f"a {names[k]!r} label needs its {names[k - 1]!r} label: give {names[k]!r} at most {kept[k - 1]}"
+            )
+    generator = _generator(seed)
+    targets = dict(split.targets)
+    finer: torch.Tensor | None = None  # (N,) bool: rows that keep the next finer level's label
+    for name in reversed(names):
+        labels = _single_label(split, name) if name in fractions else split.targets[name].cpu()
+        if labels.dim() != 1:  # an unnamed multi-label level keeps everything and constrains nothing
+            finer = None
+            continue
+        keep = labels >= 0
+        if name in fractions:
+            keep = finer.clone() if finer is not None else torch.zeros(len(labels), dtype=torch.bool)
+            keep &= labels >= 0
+            for c in torch.unique(labels[labels >= 0]).tolist():
+                rows = torch.nonzero(labels == c).flatten()
+                missing = max(1, share(fractions[name], len(rows))) - int(keep[rows].sum())
+                if missing > 0:
+                    free = rows[~keep[rows]]
+                    keep[free[torch.randperm(len(free), generator=generator)[:missing]]] = True
+            hidden = split.targets[name].clone()
+            hidden[~keep.to(hidden.device)] = -1
+            targets[name] = hidden
+        finer = keep
+    return LabeledSplit(split.inputs, targets, split.ids)

@@ -64,6 +64,10 @@ class DataConfig:
     unseen_per_parent: int = setting(0, "hold this many random finest classes of every parent (that has more "
                                         "children) out of training and validation; metrics.json's 'unseen' scores "
                                         "them (0: none)")
+    level_fractions: dict[str, float] = setting({}, "partial labels: level -> share of the training rows that keep "
+                                                    "their label at that level, in (0, 1], per class; the others "
+                                                    "get -1 (unknown). Nested: a finer label is kept only with its "
+                                                    "coarser one. Applied after fraction / k_shot, before noise")
 
     def validate(self, key: str) -> None:
         _check_range(f"{key}.fraction", self.fraction, 0.0, 1.0, low_open=True, high_open=False)
@@ -78,6 +82,10 @@ class DataConfig:
         if self.unseen_per_parent < 0:
             raise ConfigError(f"{key}.unseen_per_parent must be >= 0 (0: every class is seen), got "
                               f"{self.unseen_per_parent}")
+        for level, share in self.level_fractions.items():
+            if not 0 < share <= 1:
+                raise ConfigError(f"{key}.level_fractions.{level} must be in (0, 1] (the share of training rows "
+                                  f"that keep their {level!r} label), got {share}")
 
 
 @dataclass
@@ -115,6 +123,8 @@ class MethodConfig:
     himulcon_mode: str = setting("hmce", "himulcon's terms: hmc | hce | hmce")
     triplet_margin: float = setting(0.2, "triplet: the margin between positive and negative distances")
     views: int = setting(2, "augmented views per sample in a batch")
+    level: str | None = setting(None, "supcon / triplet: the level whose labels define positives (null: the "
+                                      "finest); rows unknown at it are no anchor and nobody's positive")
 
     def validate(self, key: str) -> None:
         _check_choice(f"{key}.name", self.name, tuple(METHODS))
@@ -136,6 +146,10 @@ class MethodConfig:
             raise ConfigError(f"{key}.triplet_margin must be a finite number >= 0, got {self.triplet_margin}")
         if self.classifier_weight < 0:
             raise ConfigError(f"{key}.classifier_weight must be >= 0, got {self.classifier_weight}")
+        if self.level is not None and not METHODS[self.name].takes_level:
+            takers = " and ".join(name for name, method in METHODS.items() if method.takes_level)
+            raise ConfigError(f"{key}.level applies to {takers} only, not {key}.name={self.name}: drop "
+                              f"{key}.level (mlcl picks levels with {key}.heads)")
         METHODS[self.name].check_config(self, key)
 
 

@@ -1,8 +1,8 @@
 """From a data config to the splits a run trains and evaluates on.
 
 Loads a built-in dataset or a user's file / folder, splits user data into train / val / test, applies
-the training-split protocols (label fraction or k-shot, label noise), and turns text into cached
-sentence embeddings when the text encoder is frozen.
+the training-split protocols (label fraction or k-shot, labels hidden per level, label noise), and turns
+text into cached sentence embeddings when the text encoder is frozen.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from mlcl.data.image_folder import load_image_folder
-from mlcl.data.protocols import add_label_noise, k_shot, label_fraction
+from mlcl.data.protocols import add_label_noise, k_shot, keep_level_labels, label_fraction
 from mlcl.data.registry import load_dataset
 from mlcl.data.shift import hold_out_classes
 from mlcl.data.splits import fraction_split
@@ -72,6 +72,16 @@ def _apply_protocols(dataset: Dataset, config: DataConfig, seed: int) -> Dataset
             train = k_shot(train, finest.name, config.k_shot, seed, class_names=finest.classes)
         else:
             train = label_fraction(train, finest.name, config.fraction, seed)
+    if config.level_fractions:  # after the row protocols, before noise: noise flips only the labels kept
+        names = dataset.level_names
+        for name in config.level_fractions:
+            if name not in names:
+                raise ConfigError(f"data.level_fractions names {name!r}, which is not a level of {dataset.name}"
+                                  f"{did_you_mean(name, names)}; levels: {', '.join(names)}")
+        try:
+            train = keep_level_labels(train, dataset.levels, config.level_fractions, seed)
+        except DataError as err:
+            raise ConfigError(f"data.level_fractions: {err}") from None
     if config.noise.rate > 0:
         if finest.multi_label:
             raise DataError("data.noise applies to single-label data only")

@@ -76,6 +76,7 @@ class Method:
     """A training method: its heads, its contrastive loss and the relation that loss reads."""
 
     name: ClassVar[str]
+    takes_level: ClassVar[bool] = False  # whether method.level picks the level of its single head
 
     def __init__(self, config: MethodConfig, dataset: Dataset, gather_distributed: bool = False):
         self.config = config
@@ -112,7 +113,16 @@ class Method:
         return loss(projections[0], self.relation(targets, projections.shape[1], projections.device)), {}
 
     def _finest_head(self, dataset: Dataset) -> list[Head]:
-        return [Head(self.name, dataset.levels[-1], self.config.temperatures[0], 1.0)]
+        """One head on the finest level, or on ``method.level`` for methods that take it."""
+        level = dataset.levels[-1]
+        chosen = self.config.level if self.takes_level else None
+        if chosen is not None:
+            levels = {lv.name: lv for lv in dataset.levels}
+            if chosen not in levels:
+                raise ConfigError(f"method.level={chosen!r} is not a level of {dataset.name}"
+                                  f"{did_you_mean(chosen, levels)}; levels: {', '.join(levels)}")
+            level = levels[chosen]
+        return [Head(self.name, level, self.config.temperatures[0], 1.0)]
 
 
 class CrossEntropy(Method):
@@ -187,9 +197,11 @@ class SimCLR(_SupConHeads):
 
 
 class SupCon(_SupConHeads):
-    """SupCon on the finest level; on multi-label data, positives share the exact label set."""
+    """SupCon on one level (``method.level``, default the finest); on a multi-label level, positives share
+    the exact label set."""
 
     name = "supcon"
+    takes_level = True
 
     def plan_heads(self, dataset: Dataset) -> list[Head]:
         return self._finest_head(dataset)
@@ -269,17 +281,20 @@ class MulSupCon(Method):
 
 
 class Triplet(Method):
-    """Batch-hard triplet loss on the finest level's classes."""
+    """Batch-hard triplet loss on one level's classes (``method.level``, default the finest)."""
 
     name = "triplet"
+    takes_level = True
 
     def plan_heads(self, dataset: Dataset) -> list[Head]:
-        finest = dataset.levels[-1]
-        if finest.multi_label:
-            raise ConfigError(f"method.name=triplet needs one class per sample at the finest level, but "
-                              f"{finest.name!r} of {dataset.name} is multi-label; use mulsupcon, supcon (exact label "
+        heads = self._finest_head(dataset)
+        level = heads[0].level
+        if level.multi_label:
+            where = "the finest level" if self.config.level is None else "method.level"
+            raise ConfigError(f"method.name=triplet needs one class per sample at {where}, but "
+                              f"{level.name!r} of {dataset.name} is multi-label; use mulsupcon, supcon (exact label "
                               "sets) or mlcl")
-        return self._finest_head(dataset)
+        return heads
 
     def build_loss(self) -> nn.Module:
         return BatchHardTripletLoss(margin=self.config.triplet_margin, gather_distributed=self.gather_distributed)

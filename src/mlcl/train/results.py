@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mlcl.data.protocols import labelled_rows
 from mlcl.train import plots
 from mlcl.train.evaluation import evaluate_model
 from mlcl.train.run import Run
@@ -24,6 +25,7 @@ def evaluate_run(run: Run, out_dir: Path | None = None, *, progress: bool = Fals
         "epochs": state["epoch"],
         "best_epoch": state.get("best_epoch", state["epoch"]),
         "train_samples": len(run.dataset.train),
+        "labelled_rows": labelled_rows(run.dataset.train),
         "train_seconds": round(state["train_seconds"], 2),
         "seed": config.seed,
     })

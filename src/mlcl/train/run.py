@@ -15,9 +15,11 @@ from typing import Any, Literal
 import torch
 
 from mlcl.data.fingerprint import data_change, data_fingerprint
+from mlcl.data.protocols import labelled_rows
 from mlcl.data.types import Dataset
 from mlcl.errors import CheckpointError, ConfigError, DataError
 from mlcl.models.model import ModelSpec, MultiLevelModel
+from mlcl.progress import note
 from mlcl.train.checkpoint import check_run_checkpoint, load_checkpoint, load_weights
 from mlcl.train.config import IMAGE_ENCODERS, TEXT_ENCODERS, Config, DataConfig, load_config
 from mlcl.train.data_setup import frozen_text_options, load_data, prepare_dataset, uses_frozen_text_encoder
@@ -176,6 +178,10 @@ def build_run(config: Config, out_dir: str | Path | None = None, *, progress: bo
     fingerprint = data_fingerprint(dataset, config.data.name, data_files(config.data), config.seed)
     check_encoder(config, dataset)
     dataset = prepare_dataset(dataset, config, progress=progress and rank == 0)  # one progress bar
+    labelled = labelled_rows(dataset.train)
+    if any(count < len(dataset.train) for count in labelled.values()):
+        note(progress and rank == 0, f"data: {dataset.name}, {len(dataset.train)} training samples, labelled per "
+                                     f"level: {', '.join(f'{name} {count}' for name, count in labelled.items())}")
     if dataset.multi_label and (dataset.val is None or len(dataset.val) == 0):
         raise ConfigError(
             f"{dataset.name} is multi-label: its F1 thresholds are chosen on a validation split, and it has "
