@@ -209,8 +209,9 @@ def keep_level_labels(
 
     Nested: a row keeps a level's label only if it keeps the label of every coarser level, so a fine label
     never comes without its coarse one. The levels are drawn finest first: a coarser level keeps the rows
-    whose finer label was kept, then tops each class up to its share. A fraction is of all rows, so a level's
-    fraction may not exceed the one above it (an unnamed level keeps 1). Levels are ordered coarse -> fine;
+    whose finer label was kept, then tops each class up to its share. A fraction is of all the rows labelled
+    at the level (not of those that keep the coarser label), so a level's fraction may not exceed the one
+    above it (an unnamed level keeps 1). Levels are ordered coarse -> fine;
     DataError for an unknown or multi-label level, a fraction outside (0, 1], or fractions that grow finer.
     """
     levels = hierarchy_or_levels.label_levels() if isinstance(hierarchy_or_levels, Hierarchy) \
@@ -226,9 +227,10 @@ def keep_level_labels(
     kept = [float(fractions.get(name, 1.0)) for name in names]
     for k in range(1, len(names)):
         if kept[k] > kept[k - 1]:
+            keeps = f"keeps {kept[k]}" if names[k] in fractions else "is not named, so it keeps all"
             raise DataError(
-                f"level {names[k]!r} keeps {kept[k]} of the labels but {names[k - 1]!r} above it only {kept[k - 1]}; "
-                f"a {names[k]!r} label needs its {names[k - 1]!r} label: give {names[k]!r} at most {kept[k - 1]}"
+                f"level {names[k]!r} {keeps} of its labels but {names[k - 1]!r} above it only {kept[k - 1]}; a "
+                f"{names[k]!r} label needs its {names[k - 1]!r} label: give {names[k]!r} at most {kept[k - 1]}"
             )
     generator = _generator(seed)
     targets = dict(split.targets)

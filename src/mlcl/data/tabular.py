@@ -3,6 +3,8 @@
 :func:`load_table` reads the inputs and the labels of such a file in one call. Inputs are a text
 column, an image-path column, or numeric feature columns. Labels are one column per hierarchy level,
 one leaf column plus a hierarchy, or one multi-label column (optionally split into label groups).
+An empty level cell means the label is unknown at that level (-1): a row may stop at any level, and
+its coarser labels follow from its finest one through the hierarchy.
 
 Every problem in the file is a one-line :class:`~mlcl.errors.DataError` naming the file, the line
 (1-based, as an editor shows it) and the column, what was expected, and how to fix it.
@@ -279,53 +281,77 @@ def _inputs(
 # ------------------------------------------------------------------------------------------ labels
 
 
-def _encode(cells: list[tuple[str, str]], classes: list[str]) -> torch.Tensor:
-    """Label names -> ids; DataError naming the row of a label that is not in the hierarchy."""
-    index = {name: i for i, name in enumerate(classes)}
-    ids = []
-    for where, name in cells:
-        if name not in index:
-            raise DataError(
-                f"{where}: label {name!r} is not in the hierarchy{did_you_mean(name, classes)}; "
-                "fix the label or add it to the hierarchy"
-            )
-        ids.append(index[name])
-    return torch.tensor(ids, dtype=torch.long)
+def _level_cells(table: _Table, columns: list[str]) -> list[list[tuple[str, str | None]]]:
+    """Per row, (where, label) of every label column, coarse -> fine; None where the level is unknown: an
+    empty cell, JSON null or a JSONL key the line lacks. A row unknown at every level is an error."""
+    rows = []
+    for line, values in table.rows:
+        cells = []
+        for column in columns:
+            where, value = table.where(line, column), values.get(column, _MISSING)
+            empty = value is None or value is _MISSING or (isinstance(value, str) and not value.strip())
+            cells.append((where, None if empty else _label(where, value)))
+        if all(label is None for _, label in cells):
+            for column in columns:
+                table.cell(line, values, column)  # a key this line lacks: name it and the keys it has
+            at_every = " at every level" if len(columns) > 1 else ""
+            raise DataError(f"{cells[0][0]}: empty label{at_every}; give every row a label (or drop the row)")
+        rows.append(cells)
+    return rows
 
 
 def _hierarchy_labels(
-    table: _Table, columns: list[str], hierarchy: Hierarchy
+    columns: list[str], cells: list[list[tuple[str, str | None]]], hierarchy: Hierarchy, derived: bool
 ) -> dict[str, torch.Tensor]:
-    """Targets for every level from the leaf column (last) and check the coarser columns agree."""
+    """Targets for every level: each row's finest given label and its ancestors in the hierarchy (-1 below
+    it); the coarser labels the row gives must agree. ``derived``: the hierarchy was read off the rows."""
     if len(columns) not in (1, hierarchy.num_levels):
         raise DataError(
             f"the hierarchy has {hierarchy.num_levels} levels ({', '.join(hierarchy.level_names)}) "
             f"but {len(columns)} label columns were given; give one per level, or only the leaf column"
         )
-    cells = {c: [(w, _label(w, v)) for w, v in table.column(c)] for c in columns}
-    leaf = columns[-1]
-    ids = hierarchy.leaf_to_levels(_encode(cells[leaf], hierarchy.classes[hierarchy.level_names[-1]]))
-    id_rows = ids.tolist()
-    for k, column in enumerate(columns[:-1]):
-        names = hierarchy.classes[hierarchy.level_names[k]]
-        for row, (where, label) in enumerate(cells[column]):
-            expected = names[id_rows[row][k]]
-            if label != expected:
+    names = hierarchy.level_names
+    offset = hierarchy.num_levels - len(columns)  # the leaf column alone is the finest level
+    index = [{name: i for i, name in enumerate(hierarchy.classes[level])} for level in names]
+    parents = [hierarchy.parent_index(level).tolist() for level in names]
+    ids = torch.full((len(cells), hierarchy.num_levels), -1, dtype=torch.long)
+    for row, row_cells in enumerate(cells):
+        deepest = max(k for k, (_, label) in enumerate(row_cells) if label is not None)
+        where, label = row_cells[deepest]
+        level = deepest + offset
+        if label not in index[level]:
+            if derived:
                 raise DataError(
-                    f"{where}: {label!r}, but the hierarchy puts {cells[leaf][row][1]!r} under "
+                    f"{where}: no row labels {label!r} at every level ({', '.join(columns)}), so its place in the "
+                    f"hierarchy is unknown; fill in the other levels of this row (or of another {label!r} row)"
+                )
+            raise DataError(
+                f"{where}: label {label!r} is not in the hierarchy{did_you_mean(label, index[level])}; "
+                "fix the label or add it to the hierarchy"
+            )
+        current = index[level][label]
+        for k in range(level, -1, -1):
+            ids[row, k] = current
+            current = parents[k][current]
+        for k, (where_k, given) in enumerate(row_cells[:deepest]):
+            expected = hierarchy.classes[names[k + offset]][int(ids[row, k + offset])]
+            if given is not None and given != expected:
+                raise DataError(
+                    f"{where_k}: {given!r}, but the hierarchy puts {label!r} under "
                     f"{expected!r}; fix the row or the hierarchy"
                 )
-    return {name: ids[:, k].contiguous() for k, name in enumerate(hierarchy.level_names)}
+    return {name: ids[:, k].contiguous() for k, name in enumerate(names)}
 
 
-def _columns_hierarchy(table: _Table, columns: list[str]) -> Hierarchy:
-    """The hierarchy spelled out by one label column per level (coarse -> fine)."""
-    paths = [
-        [_label(table.where(line, c), table.cell(line, values, c)) for c in columns]
-        for line, values in table.rows
-    ]
-    rows = [f"{table.path}, line {line}" for line, _ in table.rows]
-    return Hierarchy.from_level_columns(paths, columns, row_names=rows)
+def _columns_hierarchy(table: _Table, columns: list[str], cells: list[list[tuple[str, str | None]]]) -> Hierarchy:
+    """The hierarchy spelled out by one label column per level (coarse -> fine), read off the rows that
+    are labelled at every level."""
+    complete = [(r, [label for _, label in row]) for r, row in enumerate(cells) if all(c[1] for c in row)]
+    if not complete:
+        raise DataError(f"{table.path}: no row is labelled at every level ({', '.join(columns)}); the hierarchy "
+                        "is read off such rows: label some rows at every level, or give a hierarchy")
+    rows = [f"{table.path}, line {table.rows[r][0]}" for r, _ in complete]
+    return Hierarchy.from_level_columns([path for _, path in complete], columns, row_names=rows)
 
 
 def _multi_label(
@@ -431,6 +457,11 @@ def load_table(
       named after the column, or with ``groups`` (label -> group) one multi-hot level per group, in
       the order groups first appear, classes in mapping order.
 
+    An empty level cell (or JSON null, or a key a JSONL line lacks) is an unknown label at that level:
+    -1 there and at every finer level. The coarser levels of a row follow from its finest label through
+    the hierarchy (an empty coarse cell is filled in; a given one must agree). A hierarchy read off the
+    columns comes from the rows labelled at every level. A row with no label at all is an error.
+
     ``hierarchy`` is a :class:`Hierarchy` or a path to its JSON; passing it fixes the class ids, so
     train and test files get the same ids. The split's ``ids`` are the rows' line numbers. Returns
     ``(split, label_levels, hierarchy or None)``.
@@ -453,9 +484,11 @@ def load_table(
         return LabeledSplit(inputs, targets, ids), label_levels, None
     if isinstance(hierarchy, (str, Path)):
         hierarchy = Hierarchy.from_json(hierarchy)
+    cells = _level_cells(table, label_columns)
+    derived = hierarchy is None
     if hierarchy is None:
-        hierarchy = _columns_hierarchy(table, label_columns)
-    targets = _hierarchy_labels(table, label_columns, hierarchy)
+        hierarchy = _columns_hierarchy(table, label_columns, cells)
+    targets = _hierarchy_labels(label_columns, cells, hierarchy, derived)
     return LabeledSplit(inputs, targets, ids), hierarchy.label_levels(), hierarchy
 
 
