@@ -22,6 +22,7 @@ from mlcl.eval.probe import knn_predict, linear_probe
 from mlcl.hierarchy import Hierarchy
 from mlcl.train.config import DataConfig, NoiseConfig, load_config
 from mlcl.train.data_setup import _apply_protocols
+from mlcl.train.evaluation import monitor_score
 from mlcl.train.methods import Objective
 
 # 3 coarse classes with 2, 3 and 4 fine classes; fine classes of unequal sizes
@@ -296,3 +297,19 @@ def test_a_run_on_partial_labels_reports_its_labelled_rows(tmp_path, capsys, met
     assert 0 < labelled["fine"] <= 0.3 * train_rows  # 30% of the rows of each fine class (2/3 of the rows have one)
     assert f"labelled per level: coarse {labelled['coarse']}, fine {labelled['fine']}" in capsys.readouterr().err
     assert 0 <= metrics["test"]["fine"]["linear_top1"] <= 1
+
+
+class _Identity(torch.nn.Module):
+    def encode(self, x):
+        return x
+
+
+def test_validation_monitor_draws_its_bank_from_labelled_rows():
+    toy = dataset()
+    toy.train = keep_level_labels(toy.train, HIERARCHY, {"fine": 0.05}, seed=0)
+    known = torch.nonzero(toy.train.targets["fine"] >= 0).flatten()
+    only_labelled = Dataset("toy", "features", toy.levels, toy.train.subset(known), toy.test, toy.val,
+                            hierarchy=HIERARCHY)
+    device = torch.device("cpu")
+    score = monitor_score(_Identity(), toy, device, train_samples=6, knn_k=3)
+    assert score == monitor_score(_Identity(), only_labelled, device, train_samples=6, knn_k=3)

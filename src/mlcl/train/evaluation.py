@@ -53,13 +53,16 @@ def monitor_score(
     """Validation kNN score of the finest level (top-1, or mAP when multi-label); picks the best checkpoint.
 
     Uses the validation split only (never test); ``None`` when the dataset has no validation split.
-    The kNN bank is a fixed random ``train_samples`` of the training split (the same at every check),
-    not its first rows: a split stored class by class would otherwise hold only the first classes.
+    The kNN bank is a fixed random ``train_samples`` of the training rows labelled at that level (the same
+    at every check), not its first rows: a split stored class by class would otherwise hold only the first classes.
     """
     if dataset.val is None or len(dataset.val) == 0:
         return None
     level = dataset.levels[-1]
-    order = torch.randperm(len(dataset.train), generator=torch.Generator().manual_seed(0))
+    labels = dataset.train.targets[level.name].cpu()
+    # drawn among the rows labelled at that level: with partial labels few may be
+    rows = torch.arange(len(labels)) if level.multi_label else torch.nonzero(labels >= 0).flatten()
+    order = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))]
     reference: LabeledSplit = dataset.train.subset(order[:train_samples].sort().values)
     train_x = extract(model, reference.inputs, device)
     val_x = extract(model, dataset.val.inputs, device)
