@@ -32,6 +32,7 @@ from mlcl.train.evaluation import monitor_score
 from mlcl.train.run import Run, build_run, check_same_data, read_checkpoint
 from mlcl.train.run_dir import create_run_dir, is_writer, prepare_resume
 from mlcl.train.runtime import StopRequest, barrier, seed_rank
+from mlcl.train.sampling import epoch_batches, labelled_mask
 from mlcl.train.tensorboard import TensorBoardLogger, open_logger
 from mlcl.train.views import ViewMaker
 
@@ -128,6 +129,9 @@ class Trainer:
         total = self.steps_per_epoch * train.epochs
         warmup = int(train.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, total, warmup))
+        # The rows each batch's labelled share is drawn from (None: uniform batches).
+        self.labelled = labelled_mask(self.dataset.train, self.dataset.levels, train.labelled_share,
+                                      train.labelled_level)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.views = ViewMaker(self.dataset.modality, self.config.method.views, train.augment, self.generator)
         # Each rank's views are its rows of the views one process would make of the global batch.
@@ -211,12 +215,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        """This rank's sample indices for ``epoch``: a seeded permutation, the same after a resume."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.dataset.train), generator=generator)
-        per_step = self.config.train.batch_size * self.world
-        order = order[: self.steps_per_epoch * per_step].view(self.steps_per_epoch, self.world, -1)
-        return order[:, self.rank]
+        """This rank's sample indices for ``epoch`` (its slice of each global batch): seeded, the same after
+        a resume (see :mod:`mlcl.train.sampling`)."""
+        order = epoch_batches(len(self.dataset.train), self.config.train.batch_size * self.world, self.config.seed,
+                              epoch, self.labelled, self.config.train.labelled_share)
+        return order.view(self.steps_per_epoch, self.world, -1)[:, self.rank]
 
     def _autocast(self):
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
