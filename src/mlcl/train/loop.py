@@ -33,6 +33,7 @@ from mlcl.train.run import Run, build_run, check_same_data, read_checkpoint
 from mlcl.train.run_dir import create_run_dir, is_writer, prepare_resume
 from mlcl.train.runtime import StopRequest, barrier, seed_rank
 from mlcl.train.sampling import epoch_batches, labelled_mask
+from mlcl.train.selection import MIN_VALIDATION_ROWS, replaces_best
 from mlcl.train.tensorboard import TensorBoardLogger, open_logger
 from mlcl.train.views import ViewMaker
 
@@ -306,8 +307,12 @@ class Trainer:
                                   self.config.eval.knn_k)
             if score is not None:
                 record["val_knn"] = score
-                if self.state["best"] is None or score > self.state["best"]:
-                    self.state["best"] = score
+                n_val = len(self.dataset.val)
+                if n_val < MIN_VALIDATION_ROWS:  # too noisy to choose by: the last epoch is reported
+                    self.state["best"] = None
+                    self.state.pop("best_epoch", None)
+                elif replaces_best(score, self.state["best"], n_val):  # ties within noise go to the later epoch
+                    self.state["best"] = score if self.state["best"] is None else max(score, self.state["best"])
                     self.state["best_epoch"] = record["epoch"]
                     self.save("best.pt", every_rank=False)  # rank 0 only; runs resume from last.pt
         self.state["history"].append(record)
