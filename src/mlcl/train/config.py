@@ -180,7 +180,8 @@ class TrainConfig:
                                          "then reused more often within an epoch (0: uniform batches)")
     labelled_level: str | None = setting(None, "the level train.labelled_share counts labels at (null: the finest)")
     augment: AugmentConfig = setting(AugmentConfig, "how the views of a sample differ")
-    monitor_every: int = setting(1, "epochs between validation kNN checks (the best one is checkpoints/best.pt)")
+    monitor_every: int = setting(1, "epochs between validation kNN checks, which choose checkpoints/best.pt "
+                                          "(a later epoch within validation noise of the best wins)")
     monitor_train_samples: int = setting(5000, "the validation kNN's bank: a fixed random sample of this many "
                                                "training samples")
     log_every: int | None = setting(None, "steps between host syncs (logs, non-finite check); null: 1 on CPU, "
