@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from conftest import ROOT
+from test_distributed import free_port
 
 from mlcl.data.types import LabeledSplit
 from mlcl.errors import ConfigError, DataError
@@ -17,6 +21,7 @@ from mlcl.hierarchy import LabelLevel
 from mlcl.train.config import load_config
 from mlcl.train.loop import Interrupted, Trainer
 from mlcl.train.run import build_run
+from mlcl.train.runtime import join_local_group, shutdown_distributed
 from mlcl.train.sampling import epoch_batches, labelled_mask, labelled_per_batch
 
 
@@ -111,7 +116,7 @@ QUICK = ["train.epochs=3", "train.threads=1", "train.labelled_share=0.5", "eval.
          "train.tensorboard=false"]
 
 
-def _trainer(out, *overrides: str) -> Trainer:
+def _trainer(out: Path, *overrides: str) -> Trainer:
     """A trainer on the table with the finest label of two rows in three removed (as coarse-only labels)."""
     config = load_config(TABLE, [*QUICK, *overrides])
     run = build_run(config, out, progress=False)
@@ -125,12 +130,18 @@ def _history(trainer: Trainer) -> list[dict]:
     return [{k: v for k, v in record.items() if k != "seconds"} for record in trainer.state["history"]]
 
 
+def _recorded(trainer: Trainer) -> list[torch.Tensor]:
+    """The row indices of every step the trainer takes (its own slice of each global batch)."""
+    seen: list[torch.Tensor] = []
+    original = trainer._step
+    trainer._step = lambda index: (seen.append(index.clone()), original(index))[1]
+    return seen
+
+
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_weights_and_log(tmp_path):
     reference = _trainer(tmp_path / "reference")
-    seen: list[torch.Tensor] = []
-    original = reference._step
-    reference._step = lambda index: (seen.append(index), original(index))[1]
+    seen = _recorded(reference)
     reference.train()
     labelled = reference.labelled
     assert len(seen) == 3 * reference.steps_per_epoch  # the step count is the uniform batches'
@@ -148,3 +159,42 @@ def test_an_interrupted_run_resumes_to_the_same_weights_and_log(tmp_path):
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert _history(reference) == _history(resumed)
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    """One process of a 2-process run at train.batch_size=8: its steps' rows and the logged history."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    join_local_group(rank, world, port)
+    try:
+        trainer = _trainer(Path(out) / "two", "train.batch_size=8")
+        seen = _recorded(trainer)
+        trainer.train()
+        torch.save({"rows": seen, "history": _history(trainer)}, Path(out) / f"rank{rank}.pt")
+    finally:
+        shutdown_distributed()
+
+
+@pytest.mark.slow
+def test_two_processes_each_get_their_part_and_train_like_one(tmp_path):
+    context = mp.start_processes(_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 120
+    try:
+        while not context.join(timeout=max(0.1, deadline - time.monotonic())):
+            assert time.monotonic() < deadline, "the 2 gloo processes did not finish in 120 s"
+    finally:
+        for process in context.processes:
+            if process.is_alive():
+                process.terminate()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    one = _trainer(tmp_path / "one")  # batch 16 in one process: the same global batches
+    seen = _recorded(one)
+    one.train()
+    labelled = one.labelled
+    assert len(ranks[0]["rows"]) == len(seen) == 3 * one.steps_per_epoch
+    for step, rows in enumerate(seen):
+        assert torch.equal(torch.cat([ranks[0]["rows"][step], ranks[1]["rows"][step]]), rows)
+        assert [int(labelled[r["rows"][step]].sum()) for r in ranks] == [4, 4]  # 8 labelled rows, 4 per process
+    for a, b in zip(_history(one), ranks[0]["history"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
