@@ -4,7 +4,8 @@ Every monitored epoch gets a validation kNN score (:func:`mlcl.train.evaluation.
 mean top-1 over the levels). A score measured on ``n`` validation rows is uncertain by about its
 binomial standard error ``sqrt(p (1 - p) / n)``, so the monitor does not crown an epoch for being a
 sample or two better: a later epoch replaces the best whenever its score is at least the best score so
-far minus that error (ties within noise go to the later, longer-trained epoch). The reported epoch is
+far minus that error (ties within noise go to the later, longer-trained epoch; for multi-label data,
+scored by mAP, the same formula serves as the noise scale). The reported epoch is
 therefore the latest monitored epoch within noise of the best score. On a validation split of fewer
 than :data:`MIN_VALIDATION_ROWS` rows the scores are too noisy to choose by, and the last epoch is
 reported.
