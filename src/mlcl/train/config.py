@@ -189,8 +189,13 @@ class TrainConfig:
     precision: str = setting("fp32", "fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)")
     device: str = setting("auto", "auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps")
     threads: int | None = setting(None, "torch CPU threads (null: torch's default, shared out between processes)")
+    labelled_share: float = setting(0.0, "share of each batch drawn from the rows labelled at "
+                                         "train.labelled_level, the rest from the other rows; labelled rows are "
+                                         "then reused more often within an epoch (0: uniform batches)")
+    labelled_level: str | None = setting(None, "the level train.labelled_share counts labels at (null: the finest)")
     augment: AugmentConfig = setting(AugmentConfig, "how the views of a sample differ")
-    monitor_every: int = setting(1, "epochs between validation kNN checks (the best one is checkpoints/best.pt)")
+    monitor_every: int = setting(1, "epochs between validation kNN checks, which choose checkpoints/best.pt "
+                                          "(a later epoch within validation noise of the best wins)")
     monitor_train_samples: int = setting(5000, "the validation kNN's bank: a fixed random sample of this many "
                                                "training samples")
     log_every: int | None = setting(None, "steps between host syncs (logs, non-finite check); null: 1 on CPU, "
@@ -219,6 +224,7 @@ class TrainConfig:
             raise ConfigError(f"{key}.warmup_epochs must be in [0, {key}.epochs={self.epochs}], "
                               f"got {self.warmup_epochs}: "
                               "the learning rate warms up, then decays over the remaining epochs")
+        _check_range(f"{key}.labelled_share", self.labelled_share, 0.0, 1.0, low_open=False, high_open=False)
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"{key}.threads must be >= 1 or null (torch's default), got {self.threads}")
         self.augment.validate(f"{key}.augment")

@@ -50,11 +50,14 @@ def parent_indices(dataset: Dataset) -> dict[str, torch.Tensor] | None:
 def monitor_score(
     model: nn.Module, dataset: Dataset, device: torch.device, train_samples: int, knn_k: int
 ) -> float | None:
-    """Validation kNN score of the finest level (top-1, or mAP when multi-label); picks the best checkpoint.
+    """Validation kNN score that picks the best checkpoint (:mod:`mlcl.train.selection`): the mean top-1
+    over the single-label levels, every level rather than the finest alone (the mean mAP of the
+    multi-label levels when there is no single-label one). Levels without labelled rows are left out.
 
     Uses the validation split only (never test); ``None`` when the dataset has no validation split.
-    The kNN bank is a fixed random ``train_samples`` of the training rows labelled at that level (the same
-    at every check), not its first rows: a split stored class by class would otherwise hold only the first classes.
+    The kNN bank is a fixed random ``train_samples`` of the training rows labelled at the finest level (so
+    at every level, the labels being nested), the same at every check, not the first rows: a split stored
+    class by class would otherwise hold only the first classes.
     """
     if dataset.val is None or len(dataset.val) == 0:
         return None
@@ -66,10 +69,15 @@ def monitor_score(
     reference: LabeledSplit = dataset.train.subset(order[:train_samples].sort().values)
     train_x = extract(model, reference.inputs, device)
     val_x = extract(model, dataset.val.inputs, device)
-    scores = knn_predict(train_x, reference.targets[level.name], val_x, k=knn_k)
-    if level.multi_label:
-        return mean_average_precision(scores, dataset.val.targets[level.name])
-    return top1(scores, dataset.val.targets[level.name])
+    single = [level for level in dataset.levels if not level.multi_label]
+    scores = []
+    for level in single or dataset.levels:
+        bank_y, val_y = reference.targets[level.name], dataset.val.targets[level.name]
+        if not level.multi_label and not (bank_y.ge(0).any() and val_y.ge(0).any()):
+            continue
+        predicted = knn_predict(train_x, bank_y, val_x, k=knn_k)
+        scores.append(mean_average_precision(predicted, val_y) if level.multi_label else top1(predicted, val_y))
+    return sum(scores) / len(scores) if scores else None
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn_k: int,

@@ -32,6 +32,8 @@ from mlcl.train.evaluation import monitor_score
 from mlcl.train.run import Run, build_run, check_same_data, read_checkpoint
 from mlcl.train.run_dir import create_run_dir, is_writer, prepare_resume
 from mlcl.train.runtime import StopRequest, barrier, seed_rank
+from mlcl.train.sampling import epoch_batches, labelled_mask
+from mlcl.train.selection import MIN_VALIDATION_ROWS, replaces_best
 from mlcl.train.tensorboard import TensorBoardLogger, open_logger
 from mlcl.train.views import ViewMaker
 
@@ -128,6 +130,9 @@ class Trainer:
         total = self.steps_per_epoch * train.epochs
         warmup = int(train.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, total, warmup))
+        # The rows each batch's labelled share is drawn from (None: uniform batches).
+        self.labelled = labelled_mask(self.dataset.train, self.dataset.levels, train.labelled_share,
+                                      train.labelled_level)
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.views = ViewMaker(self.dataset.modality, self.config.method.views, train.augment, self.generator)
         # Each rank's views are its rows of the views one process would make of the global batch.
@@ -211,12 +216,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        """This rank's sample indices for ``epoch``: a seeded permutation, the same after a resume."""
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.dataset.train), generator=generator)
-        per_step = self.config.train.batch_size * self.world
-        order = order[: self.steps_per_epoch * per_step].view(self.steps_per_epoch, self.world, -1)
-        return order[:, self.rank]
+        """This rank's sample indices for ``epoch`` (its slice of each global batch): seeded, the same after
+        a resume (see :mod:`mlcl.train.sampling`)."""
+        order = epoch_batches(len(self.dataset.train), self.config.train.batch_size * self.world, self.config.seed,
+                              epoch, self.labelled, self.config.train.labelled_share)
+        return order.view(self.steps_per_epoch, self.world, -1)[:, self.rank]
 
     def _autocast(self):
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -303,8 +307,12 @@ class Trainer:
                                   self.config.eval.knn_k)
             if score is not None:
                 record["val_knn"] = score
-                if self.state["best"] is None or score > self.state["best"]:
-                    self.state["best"] = score
+                n_val = len(self.dataset.val)
+                if n_val < MIN_VALIDATION_ROWS:  # too noisy to choose by: the last epoch is reported
+                    self.state["best"] = None
+                    self.state.pop("best_epoch", None)
+                elif replaces_best(score, self.state["best"], n_val):  # ties within noise go to the later epoch
+                    self.state["best"] = score if self.state["best"] is None else max(score, self.state["best"])
                     self.state["best_epoch"] = record["epoch"]
                     self.save("best.pt", every_rank=False)  # rank 0 only; runs resume from last.pt
         self.state["history"].append(record)

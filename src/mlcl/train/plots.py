@@ -33,7 +33,7 @@ def training_curves(history: list[dict[str, Any]], path: Path) -> None:
     if has_val:
         points = [(r["epoch"], r["val_knn"]) for r in history if "val_knn" in r]
         axes[0, 1].plot(*zip(*points), marker="o", color="tab:green")
-        axes[0, 1].set(xlabel="epoch", ylabel="kNN score (finest level)", title="validation kNN")
+        axes[0, 1].set(xlabel="epoch", ylabel="kNN score (mean over levels)", title="validation kNN")
     for ax in axes[0]:
         ax.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()

@@ -10,6 +10,7 @@ from mlcl.data.protocols import labelled_rows
 from mlcl.train import plots
 from mlcl.train.evaluation import evaluate_model
 from mlcl.train.run import Run
+from mlcl.train.selection import checkpoint_record
 
 
 def evaluate_run(run: Run, out_dir: Path | None = None, *, progress: bool = False) -> dict[str, Any]:
@@ -24,6 +25,8 @@ def evaluate_run(run: Run, out_dir: Path | None = None, *, progress: bool = Fals
         "method": config.to_dict()["method"],
         "epochs": state["epoch"],
         "best_epoch": state.get("best_epoch", state["epoch"]),
+        "checkpoint": checkpoint_record(state, len(run.dataset.val) if run.dataset.val is not None else 0,
+                                        run.loaded_from == run.checkpoint_file("best.pt")),
         "train_samples": len(run.dataset.train),
         "labelled_rows": labelled_rows(run.dataset.train),
         "train_seconds": round(state["train_seconds"], 2),

@@ -40,7 +40,8 @@ def new_loop_state(world: int = 1) -> dict[str, Any]:
 class Run:
     """One configured run. ``state`` is the training loop's record (epochs done, history, best score);
     ``out_dir`` holds its config, checkpoints and results (None for a run that is never saved);
-    ``data_fingerprint`` identifies the data as loaded (:mod:`mlcl.data.fingerprint`), saved in checkpoints."""
+    ``data_fingerprint`` identifies the data as loaded (:mod:`mlcl.data.fingerprint`), saved in checkpoints;
+    ``loaded_from`` is the checkpoint whose weights the model holds (None: as built or trained)."""
 
     config: Config
     dataset: Dataset
@@ -52,6 +53,7 @@ class Run:
     world: int = 1
     state: dict[str, Any] = field(default_factory=new_loop_state)
     data_fingerprint: dict[str, Any] | None = None
+    loaded_from: Path | None = None
 
     @property
     def is_main(self) -> bool:
@@ -72,6 +74,7 @@ class Run:
         """Load the model weights of this run's ``which`` checkpoint (see :func:`checkpoint_path`)."""
         path = checkpoint_path(self, which)
         load_weights(self.model, read_checkpoint(self, path)["model"], path)
+        self.loaded_from = path
         return path
 
 
@@ -209,6 +212,7 @@ def load_run(run_dir: str | Path, checkpoint: Checkpoint = "best", *, progress: 
     run.state = last["loop"]
     load_weights(run.objective, last["objective"], path, "objective")
     load_weights(run.model, last["model"], path)
+    run.loaded_from = path
     if checkpoint_path(run, checkpoint) != run.checkpoint_file("last.pt"):
         run.load_weights(checkpoint)
     return run
