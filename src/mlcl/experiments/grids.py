@@ -49,6 +49,7 @@ MONITOR_CHECKS = 5
 WARMUP_SHARE = 0.1
 SEEDS = (0, 1, 2)
 DEFAULT_HPARAMS = {"lr": 0.1, "temperature": 0.1}
+DEFAULT_LABELLED_SHARE = 0.5  # of a batch drawn from the finest-labelled samples, until batch-share has chosen
 SWEEP_LRS = (0.05, 0.1, 0.2)
 SWEEP_TEMPERATURES = (0.1, 0.2)
 SWEEP_FRACTION = 0.1
@@ -68,6 +69,7 @@ class DatasetSetup:
     seconds_per_step: float  # one thread, two views (ETAs only; how measured: docs/measurements.md)
     seconds_overhead: float  # data set-up, validation checks, final probes (ETAs only)
     steps: int = STEP_BUDGET  # optimiser steps per run, every method and fraction
+    tuned_as: str | None = None  # use this dataset's sweep choice (a variant of it with the same model)
 
     def steps_per_epoch(self, fraction: float) -> int:
         return max(1, int(max(1, round(fraction * self.train_size)) // self.batch_size))
@@ -83,6 +85,12 @@ _SMALL_CNN = (
     "train.augment.crop_padding=2", "train.augment.hflip=true", "train.augment.erase_prob=0.1",
 )
 
+_WORDNET_MODEL = (
+    "model.encoder=minilm", "model.encoder_options.hidden=[512]", "model.encoder_options.out_dim=128",
+    "model.proj_hidden=128", "model.proj_dim=64", "train.augment.feature_dropout=0.1",
+    "train.augment.feature_noise=0.05", "train.batch_size=256",
+)
+
 DATASETS: dict[str, DatasetSetup] = {
     "fashion-mnist": DatasetSetup(
         "fashion-mnist", train_size=55000, batch_size=256,
@@ -93,11 +101,14 @@ DATASETS: dict[str, DatasetSetup] = {
     # Frozen MiniLM sentence embeddings (computed once, cached on disk) -> a trained MLP encoder.
     "wordnet-nouns": DatasetSetup(
         "wordnet-nouns", train_size=44494, batch_size=256,
-        base=("data.name=wordnet-nouns", "model.encoder=minilm", "model.encoder_options.hidden=[512]",
-              "model.encoder_options.out_dim=128", "model.proj_hidden=128", "model.proj_dim=64",
-              "train.augment.feature_dropout=0.1", "train.augment.feature_noise=0.05", "train.batch_size=256",
-              *_COMMON_TRAIN),
+        base=("data.name=wordnet-nouns", *_WORDNET_MODEL, *_COMMON_TRAIN),
         score=("fine", "linear_top1"), seconds_per_step=0.014, seconds_overhead=10.0,
+    ),
+    # The same glosses and model with three levels; the learning rate and temperature are wordnet-nouns'.
+    "wordnet-nouns-deep": DatasetSetup(
+        "wordnet-nouns-deep", train_size=44494, batch_size=256,
+        base=("data.name=wordnet-nouns-deep", *_WORDNET_MODEL, *_COMMON_TRAIN),
+        score=("fine", "linear_top1"), seconds_per_step=0.016, seconds_overhead=12.0, tuned_as="wordnet-nouns",
     ),
     "fashion-mnist-grid": DatasetSetup(
         "fashion-mnist-grid", train_size=5000, batch_size=128,
@@ -138,6 +149,8 @@ class Cell:
     kind: str = "train"
     base: str | None = None
     target: str | None = None  # transfer target dataset
+    level_fractions: tuple[tuple[str, float], ...] = ()  # labels kept per level (rows are all kept)
+    unseen: int = 0  # finest classes held out of training per parent
     hparams: tuple[tuple[str, float], ...] = ()  # sweep cells: the setting tried
     steps: int | None = None  # optimiser steps; None = the dataset's budget
     step_cost: float = 1.0  # time of a step relative to the dataset's usual model (ETAs only)
@@ -152,6 +165,10 @@ class Cell:
         parts = [self.dataset, self.method, f"f{self.fraction:g}", noise, f"s{self.seed}"]
         if self.target:
             parts.append(f"to-{self.target}")
+        if self.level_fractions:
+            parts.append("labels-" + "-".join(f"{level}{f:g}" for level, f in self.level_fractions))
+        if self.unseen:
+            parts.append(f"unseen{self.unseen}")
         if self.hparams:
             parts.append("-".join(f"{k[:2]}{v:g}" for k, v in self.hparams))
         return "__".join(parts)
@@ -201,13 +218,18 @@ TunedTable = dict[tuple[str, str], dict[str, float]]
 
 
 def hparams_for(cell: Cell, tuned: TunedTable | None = None) -> dict[str, float]:
-    """The learning rate and temperature a cell uses: its own (sweep), the tuned ones, or the defaults."""
-    values = dict(DEFAULT_HPARAMS)
-    if cell.hparams:
-        values.update(dict(cell.hparams))
-    elif tuned and (cell.dataset, cell.base_method) in tuned:
-        chosen = tuned[(cell.dataset, cell.base_method)]
-        values.update({k: chosen[k] for k in DEFAULT_HPARAMS if k in chosen})
+    """The learning rate, temperature and labelled share of a batch a cell uses: the defaults, replaced
+    by the tuned ones, replaced by the cell's own (the setting a sweep cell tries)."""
+    values = {**DEFAULT_HPARAMS, "labelled_share": DEFAULT_LABELLED_SHARE}
+    setup = DATASETS.get(cell.dataset)
+    dataset = setup.tuned_as if setup is not None and setup.tuned_as else cell.dataset
+    chosen = (tuned or {}).get((dataset, cell.base_method), {})
+    values.update({k: chosen[k] for k in ("lr", "temperature") if k in chosen})
+    # The labelled share is chosen per method label (an MLCL variant may differ from MLCL), else its base's.
+    share = (tuned or {}).get((dataset, cell.method), chosen)
+    if "labelled_share" in share:
+        values["labelled_share"] = share["labelled_share"]
+    values.update(dict(cell.hparams))
     return values
 
 
@@ -230,7 +252,13 @@ def cell_overrides(cell: Cell, tuned: TunedTable | None = None, extra: Iterable[
     if cell.base_method not in TEMPERATURE_FREE:
         out.append(f"method.temperatures=[{hp['temperature']:g}]")
     out += [f"seed={cell.seed}", f"data.fraction={cell.fraction:g}", f"data.noise.rate={cell.noise:g}",
-            f"data.noise.mode={cell.noise_mode}", *resolve_placeholders(list(cell.overrides), hp), *extra]
+            f"data.noise.mode={cell.noise_mode}"]
+    if cell.level_fractions:
+        budgets = ", ".join(f"{level}: {f:g}" for level, f in cell.level_fractions)
+        out += [f"data.level_fractions={{{budgets}}}", f"train.labelled_share={hp['labelled_share']:g}"]
+    if cell.unseen:
+        out.append(f"data.unseen_per_parent={cell.unseen}")
+    out += [*resolve_placeholders(list(cell.overrides), hp), *extra]
     return _dedupe(out)
 
 
@@ -309,6 +337,23 @@ def select_hparams(lines: Iterable[dict[str, Any]]) -> tuple[TunedTable, dict[tu
             best = max(valid, key=lambda r: r["score"])
             chosen[key] = {"lr": best["lr"], "temperature": best["temperature"], "score": best["score"]}
     return chosen, table
+
+
+def select_shares(lines: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (dataset, method): the labelled share of the batch-share sweep with the best mean validation
+    score (failed runs are missing; ties go to the smaller share)."""
+    scores: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for line in lines:
+        share = (line.get("hparams") or {}).get("labelled_share")
+        score = sweep_score(line)
+        if share is not None and score is not None:
+            scores[(line["dataset"], line["method"])][float(share)].append(score)
+    chosen = {}
+    for key, by_share in scores.items():
+        means = {share: sum(v) / len(v) for share, v in by_share.items()}
+        best = max(sorted(means), key=lambda share: means[share])
+        chosen[key] = {"labelled_share": best, "score": means[best]}
+    return chosen
 
 
 # ---------------------------------------------------------------------------- the experiments
@@ -448,6 +493,72 @@ def _wide_encoder() -> Experiment:
                       "budget: do MLCL's gains need a larger model?", _seed_major(cells))
 
 
+# Methods of the partial-label experiments: a label -> (the method it starts from, its overrides).
+PARTIAL_METHODS = ("ce", "supcon", "supcon-coarse", "himulcon", "mlcl", "mlcl+instance")
+VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # SupCon on the coarse level sees every sample labelled: no batch composition to choose.
+    "supcon-coarse": ("supcon", ("method.level=coarse", "train.labelled_share=0")),
+    "supcon-mid": ("supcon", ("method.level=mid",)),
+    "mlcl+instance": ("mlcl", INSTANCE),
+}
+MIXED_FRACTIONS = (0.01, 0.05, 0.2)  # fine labels kept; every sample keeps its coarse label
+SHARE_FRACTION = 0.05
+SHARES = (0.0, 0.5, 1.0)
+SHARE_METHODS = ("ce", "supcon", "himulcon", "mlcl")
+
+
+def _variant(dataset: str, label: str, **fields: Any) -> Cell:
+    """A cell of method ``label``: a base method, or a variant of one (:data:`VARIANTS`)."""
+    base, overrides = VARIANTS.get(label, (label, ()))
+    return Cell(dataset, label, base=None if base == label else base,
+                overrides=(*overrides, *fields.pop("overrides", ())), **fields)
+
+
+def _fine_budget(fraction: float) -> tuple[tuple[str, float], ...]:
+    return (("fine", fraction),)
+
+
+def _batch_share() -> Experiment:
+    cells = [_variant(dataset, method, seed=0, kind="sweep", level_fractions=_fine_budget(SHARE_FRACTION),
+                      hparams=(("labelled_share", share),))
+             for dataset in ("fashion-mnist", "wordnet-nouns") for method in SHARE_METHODS for share in SHARES]
+    return Experiment("batch-share", f"share of each batch drawn from the fine-labelled samples ({list(SHARES)}), "
+                      f"fine labels for {SHARE_FRACTION:.0%} of the samples, scored on the validation split",
+                      tuple(cells))
+
+
+def _mixed_granularity() -> Experiment:
+    cells = [_variant(dataset, method, seed=s, level_fractions=_fine_budget(fraction))
+             for dataset in ("fashion-mnist", "wordnet-nouns") for fraction in MIXED_FRACTIONS
+             for method in PARTIAL_METHODS for s in SEEDS]
+    return Experiment("mixed-granularity", "coarse labels for every training sample, fine labels for 1-20 %",
+                      _seed_major(cells))
+
+
+def _subpopulation_shift() -> Experiment:
+    cells = [_variant(dataset, method, seed=s, unseen=1)
+             for dataset in ("fashion-mnist", "wordnet-nouns") for method in PARTIAL_METHODS for s in SEEDS]
+    return Experiment("subpopulation-shift", "one fine class per coarse class (with several) never seen in "
+                      "training: coarse accuracy and few-shot fine accuracy on those classes", _seed_major(cells))
+
+
+def _per_level_models() -> Experiment:
+    cells = []
+    for dataset, methods in (("fashion-mnist", ("supcon-coarse", "supcon", "mlcl")),
+                             ("wordnet-nouns", ("supcon-coarse", "supcon", "mlcl")),
+                             ("wordnet-nouns-deep", ("supcon-coarse", "supcon-mid", "supcon", "mlcl"))):
+        cells += [_variant(dataset, method, seed=s) for method in methods for s in SEEDS]
+    return Experiment("per-level-models", "one MLCL model for every level against one SupCon model per level "
+                      "(all labels): accuracy per level and training time", _seed_major(cells))
+
+
+def _deep_hierarchy() -> Experiment:
+    cells = [_variant("wordnet-nouns-deep", method, fraction=fraction, seed=s)
+             for method in ("ce", "supcon", "himulcon", "mlcl") for fraction in (0.01, 0.1) for s in SEEDS]
+    return Experiment("deep-hierarchy", "WordNet nouns with three levels (one MLCL head per level) at 1 % and "
+                      "10 % of the labels", _seed_major(cells))
+
+
 def resolve_placeholders(overrides: list[str], hparams: dict[str, float]) -> list[str]:
     """Replace ``{t}`` / ``{2t}`` in overrides by the cell's (tuned) temperature and twice it."""
     t = hparams["temperature"]
@@ -464,8 +575,13 @@ EXPERIMENTS: dict[str, Callable[[], Experiment]] = {
     "ablations": _ablations,
     "long-budget": _long_budget,
     "wide-encoder": _wide_encoder,
+    "batch-share": _batch_share,
+    "mixed-granularity": _mixed_granularity,
+    "subpopulation-shift": _subpopulation_shift,
+    "per-level-models": _per_level_models,
+    "deep-hierarchy": _deep_hierarchy,
 }
-# The order to run them in: the sweep first (the others read its choice).
+# The order to run them in: the sweeps first (the others read their choice).
 ORDER = tuple(EXPERIMENTS)
 
 
@@ -480,5 +596,5 @@ def get_experiment(name: str) -> Experiment:
 __all__ = [
     "Cell", "DatasetSetup", "Experiment", "DATASETS", "METHODS", "EXPERIMENTS", "ORDER", "STEP_BUDGET",
     "budget_epochs", "cell_overrides", "cell_config", "cell_config_dict", "train_command", "estimate_seconds",
-    "get_experiment", "hparams_for", "select_hparams", "sweep_score", "resolve_placeholders",
+    "get_experiment", "hparams_for", "select_hparams", "select_shares", "sweep_score", "resolve_placeholders",
 ]

@@ -341,6 +341,157 @@ class _Builder:
                           logx=True, title=f"Fashion-MNIST {_pct(fraction)} labels: {plot_title}"), ""]
         return out
 
+    # -- partial labels: batch composition, mixed granularity
+    def batch_share(self) -> list[str]:
+        lines = ok(self.results.get("batch-share", []))
+        out = ["## Batch composition with partial labels (validation split)", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment batch-share`. Until it is, the partial-label experiments "
+                          f"draw {grids.DEFAULT_LABELLED_SHARE:g} of every batch from the fine-labelled samples.", ""]
+        chosen = grids.select_shares(lines)
+        out += [f"Coarse labels for every sample, fine labels for {_pct(grids.SHARE_FRACTION)}; each batch draws "
+                f"a share in {list(grids.SHARES)} of its samples from the fine-labelled ones (0: uniform batches, "
+                "1: only fine-labelled samples), one seed, scored on the validation split (fine linear probe). "
+                "Each method then uses its best share in mixed-granularity (`mlcl+instance` uses mlcl's; "
+                "`supcon-coarse` sees every sample labelled and uses uniform batches).", "",
+                _command("batch-share"), "",
+                "| dataset | method | " + " | ".join(f"share {s:g}" for s in grids.SHARES) + " | chosen |",
+                "|---|---|" + "---|" * len(grids.SHARES) + "---|"]
+        for (dataset, method) in sorted({(line["dataset"], line["method"]) for line in lines}):
+            scores = {float(line["hparams"]["labelled_share"]): grids.sweep_score(line) for line in lines
+                      if line["dataset"] == dataset and line["method"] == method}
+            cells = [f"{scores[s] * 100:.2f}" if scores.get(s) is not None else "—" for s in grids.SHARES]
+            pick = chosen.get((dataset, method), {}).get("labelled_share")
+            cells.append("—" if pick is None else f"{pick:g}")
+            out.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
+        return out + [""]
+
+    def mixed(self) -> list[str]:
+        lines = ok(self.results.get("mixed-granularity", []))
+        out = ["## Labels at mixed granularity", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment mixed-granularity`.", ""]
+        out += ["Every training sample keeps its coarse label; a stratified, seeded share of them keeps its fine "
+                "label (the rest is unknown at the fine level). Every method sees all samples: `supcon` on the "
+                "fine level (the samples without a fine label are negatives only), `supcon-coarse` on the coarse "
+                "level, `ce` masks the fine loss, `himulcon` and `mlcl` use each level where it is known. Linear "
+                "probes and kNN banks of a level are fitted only on the training samples labelled at that level; "
+                "the test set is fully labelled. Same step budget as a full-data run.", ""]
+        for dataset in sorted({line["dataset"] for line in lines}):
+            subset = [line for line in lines if line["dataset"] == dataset]
+            out += [f"### {dataset}", "", _command("mixed-granularity", f"{dataset}__*"), ""]
+            out += self._level_tables(subset, lambda line: _fine_fraction(line), lambda f: f"fine labels {_pct(f)}",
+                                      "fine labels", f"mixed-granularity {dataset}")
+            series = series_of(subset, _fine_fraction, lambda line: metric_of(line, "fine", "linear_top1"))
+            out += [self.plot(f"mixed-granularity-{dataset}.png", series=series, logx=True,
+                              xlabel="share of samples with a fine label (log); coarse labels for all",
+                              ylabel="fine linear-probe top-1 (%)", title=f"{dataset}: labels at mixed granularity"),
+                    ""]
+        return out
+
+    def _level_tables(self, lines: list[dict[str, Any]], row_of: Callable[[dict], Any], label: Callable[[Any], str],
+                      row_label: str, context: str) -> list[str]:
+        """One table per (level, metric) found in ``lines``, rows by ``row_of``."""
+        out = []
+        levels = _levels(lines)[::-1]  # finest first, as in the other sections
+        for metric in ("linear_top1", "knn_top1"):
+            for level in levels:
+                groups = grouped(lines, row_of, lambda line, lv=level, m=metric: metric_of(line, lv, m))
+                if not groups:
+                    continue
+                rows = [(label(key), groups[key]) for key in sorted(groups)]
+                out += [f"**{level} {METRIC_NAMES[metric]}** (%)", "",
+                        table(row_label, rows, f"{context} {level} {METRIC_NAMES[metric]}", self.collector), ""]
+        return out
+
+    # -- sub-population shift
+    def shift(self) -> list[str]:
+        lines = ok(self.results.get("subpopulation-shift", []))
+        out = ["## Unseen fine classes (sub-population shift)", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment subpopulation-shift`.", ""]
+        out += ["One fine class under every coarse class that has several is held out of training and validation "
+                "(chosen by the seed, the same for every method of a seed). On the held-out classes' test samples: "
+                "the coarse level by a linear probe / kNN fitted on the seen classes, and the fine level few-shot: "
+                "k labelled samples per held-out class (mean of 5 draws), a nearest-centroid classifier or kNN "
+                "choosing among the held-out classes only. Seen-class rows: the usual probes on the seen classes' "
+                "test samples.", ""]
+        for dataset in sorted({line["dataset"] for line in lines}):
+            subset = [line for line in lines if line["dataset"] == dataset]
+            names = sorted({", ".join(line["metrics"]["unseen"]["classes"]) for line in subset
+                            if "unseen" in line["metrics"]})
+            rows = []
+            for level in _levels(subset)[:-1]:
+                for metric in ("linear_top1", "knn_top1"):
+                    rows.append((f"unseen: {level} {METRIC_NAMES[metric]}", grouped(
+                        subset, lambda line: 0, lambda line, lv=level, m=metric: _unseen(line, lv, m)).get(0, {})))
+            finest = _levels(subset)[-1]
+            for key in sorted({k for line in subset for k in line["metrics"].get("unseen", {}) if "shot" in k},
+                              key=lambda k: int(k.rsplit("_", 1)[1][:-4])):
+                for metric, name in (("centroid_top1", "nearest centroid"), ("knn_top1", "kNN")):
+                    rows.append((f"unseen: {finest} {key.rsplit('_', 1)[1][:-4]}-shot {name}", grouped(
+                        subset, lambda line: 0, lambda line, k=key, m=metric: _unseen(line, k, m)).get(0, {})))
+            for level, metric in (("coarse", "linear_top1"), (finest, "linear_top1")):
+                rows.append((f"seen: {level} {METRIC_NAMES[metric]}", grouped(
+                    subset, lambda line: 0, lambda line, lv=level, m=metric: metric_of(line, lv, m)).get(0, {})))
+            out += [f"### {dataset}", "", f"Held-out classes per seed: {'; '.join(names)}.", "",
+                    _command("subpopulation-shift", f"{dataset}__*"), "", "(%)", "",
+                    table("metric", [(r, cells) for r, cells in rows if cells], f"subpopulation-shift {dataset}",
+                          self.collector), ""]
+        return out
+
+    # -- one model for every level
+    def per_level(self) -> list[str]:
+        lines = ok(self.results.get("per-level-models", []))
+        out = ["## One model for every level, or one model per level", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment per-level-models`.", ""]
+        out += ["All labels. `supcon (own level)`: for each level, the SupCon model trained on that level alone "
+                "(`supcon-coarse`, `supcon-mid`, `supcon` = fine); `mlcl`: one model with a head per level. The "
+                "time row is the training time of the whole option: the sum over the per-level SupCon models "
+                "against the one MLCL model (seconds on one CPU thread, mean over seeds).", "",
+                _command("per-level-models"), ""]
+        own = {"coarse": "supcon-coarse", "mid": "supcon-mid", "fine": "supcon"}
+        for dataset in sorted({line["dataset"] for line in lines}):
+            subset = [line for line in lines if line["dataset"] == dataset]
+            rows = []
+            for metric in ("linear_top1", "knn_top1"):
+                for level in _levels(subset):
+                    cells = defaultdict(list)
+                    for line in subset:
+                        name = "supcon (own level)" if line["method"] == own.get(level) else line["method"]
+                        value = metric_of(line, level, metric)
+                        if value is not None and (is_mlcl(name) or name == "supcon (own level)"):
+                            cells[name].append(value)
+                    rows.append((f"{level} {METRIC_NAMES[metric]}", cells))
+            seconds = defaultdict(float)
+            counts = defaultdict(set)
+            for line in subset:
+                key = line["method"] if is_mlcl(line["method"]) else "per-level"
+                seconds[key] += float(line.get("train_seconds") or 0)
+                counts[key].add(line["seed"])
+            per_seed = {k: seconds[k] / max(1, len(counts[k])) for k in seconds}
+            timing = ", ".join(f"{'one SupCon model per level' if k == 'per-level' else k}: {v:.0f} s"
+                               for k, v in sorted(per_seed.items()))
+            out += [f"### {dataset}", "", "(%)", "",
+                    table("level / metric", rows, f"per-level-models {dataset}", self.collector), "",
+                    f"Training time per seed: {timing}.", ""]
+        return out
+
+    # -- a deeper hierarchy
+    def deep(self) -> list[str]:
+        lines = ok(self.results.get("deep-hierarchy", []))
+        out = ["## A deeper hierarchy (three levels)", ""]
+        if not lines:
+            return out + ["Not run yet: `mlcl experiment deep-hierarchy`.", ""]
+        out += ["WordNet nouns with three levels (lexicographer file → a shallower ancestor → a deeper one); "
+                "`mlcl` has one head per level, `himulcon` a term per level; the learning rate and temperature are "
+                "those tuned on the two-level WordNet set. A stratified fraction of the training samples (all "
+                "their labels), as in limited-data.", "", _command("deep-hierarchy"), ""]
+        return out + self._level_tables(lines, lambda line: line["fraction"],
+                                        lambda f: f"{_pct(f)}{_epochs_label(lines, fraction=f)}", "fraction",
+                                        "deep-hierarchy")
+
     # -- bookkeeping
     def failures(self) -> list[str]:
         failed = [line for lines in self.results.values() for line in lines if line.get("error")]
@@ -357,6 +508,25 @@ class _Builder:
             wall = sum(float(line.get("wall_seconds") or 0) for line in lines)
             out.append(f"| {name} | {len(lines)} | {train / 60:.1f} min | {wall / 60:.1f} min |")
         return out + [""]
+
+
+def _fine_fraction(line: dict[str, Any]) -> float:
+    return float((line.get("level_fractions") or {}).get("fine", 1.0))
+
+
+def _levels(lines: list[dict[str, Any]]) -> list[str]:
+    """The single-label levels of the lines' metrics, coarse -> fine (as the runs listed them)."""
+    levels: dict[str, None] = {}
+    for line in lines:
+        for name, values in line.get("metrics", {}).items():
+            if isinstance(values, dict) and "linear_top1" in values and name not in ("unseen", "consistency"):
+                levels[name] = None
+    return list(levels)
+
+
+def _unseen(line: dict[str, Any], key: str, metric: str) -> float | None:
+    value = line.get("metrics", {}).get("unseen", {}).get(key, {}).get(metric)
+    return None if value is None else float(value)
 
 
 def _steps(line: dict[str, Any]) -> int:
@@ -405,7 +575,8 @@ def write_report(results_dir: str | Path = "docs/results", out: str | Path = "do
     results = load_results(results_dir)
     b = _Builder(results, results_dir, out)
     body = [*b.sweep(), *b.limited(), *b.noise(), *b.transfer(), *b.multilabel(), *b.convergence(),
-            *b.ablations(), *b.scaling(), *b.failures(), *b.timing()]
+            *b.ablations(), *b.scaling(), *b.batch_share(), *b.mixed(), *b.shift(), *b.per_level(), *b.deep(),
+            *b.failures(), *b.timing()]
     summary = ["## Summary: where MLCL wins and loses", ""]
     for variant, comparisons in sorted(b.collector.tally.items()):
         wins = [c for c in comparisons if c.diff > 0]

@@ -7,7 +7,8 @@ Each finished run becomes one line of ``<results_dir>/<experiment>.jsonl``::
      "epochs", "train_seconds", "config",
      "cell", "noise_mode", "kind", "split", "best_epoch", "train_samples", "wall_seconds", "finished_at",
      "command", ...kind-specific keys: "hparams" (sweep), "target" + "source_metrics" (transfer),
-     "curve" (convergence), "error" (a run whose loss diverged)}
+     "curve" (convergence), "error" (a run whose loss diverged), "level_fractions" + "labelled_share"
+     (partial labels), "unseen_per_parent" (held-out classes)}
 
 ``metrics`` are on the test split, except for the sweep (``"split": "val"``: the validation split, so
 that tuning never sees test). A line is written with one ``write`` + ``flush`` + ``fsync`` under an
@@ -47,6 +48,7 @@ from mlcl.experiments.grids import (
     estimate_seconds,
     hparams_for,
     select_hparams,
+    select_shares,
     train_command,
 )
 from mlcl.experiments.transfer import evaluate_raw_target, evaluate_target
@@ -60,7 +62,8 @@ REQUIRED_KEYS = ("experiment", "dataset", "method", "fraction", "noise", "seed",
                  "train_seconds", "config")
 COMMON_KEYS = ("cell", "noise_mode", "kind", "split", "best_epoch", "train_samples", "wall_seconds",
                "finished_at", "command")
-KIND_KEYS = ("hparams", "target", "source_metrics", "curve", "error")
+KIND_KEYS = ("hparams", "target", "source_metrics", "curve", "error", "level_fractions", "labelled_share",
+             "unseen_per_parent")
 
 
 # ---------------------------------------------------------------------------- JSONL
@@ -114,8 +117,12 @@ def results_path(results_dir: str | Path, experiment: str) -> Path:
 
 
 def load_tuned(results_dir: str | Path) -> TunedTable:
-    """The sweep's choice of learning rate / temperature per (dataset, method); {} without a sweep."""
-    return select_hparams(read_lines(results_path(results_dir, "sweep")))[0]
+    """The sweeps' choices per (dataset, method): learning rate / temperature (``sweep``) and the labelled
+    share of a batch (``batch-share``); {} without sweeps."""
+    tuned = select_hparams(read_lines(results_path(results_dir, "sweep")))[0]
+    for key, chosen in select_shares(read_lines(results_path(results_dir, "batch-share"))).items():
+        tuned.setdefault(key, {})["labelled_share"] = chosen["labelled_share"]
+    return tuned
 
 
 # ---------------------------------------------------------------------------- options and plan
@@ -223,6 +230,11 @@ def run_cell(experiment: str, cell: Cell, options: RunOptions, tuned: TunedTable
         line["hparams"] = {k: hp[k] for k, _ in cell.hparams}
     if cell.target:
         line["target"] = cell.target
+    if cell.level_fractions:
+        line["level_fractions"] = dict(cell.level_fractions)
+        line["labelled_share"] = hp["labelled_share"]
+    if cell.unseen:
+        line["unseen_per_parent"] = cell.unseen
     if cell.kind == "transfer-raw":
         line["metrics"], line["train_samples"] = evaluate_raw_target(cell.target)
         return _finish(line, experiment, cell, started)

@@ -60,24 +60,26 @@ def fmt_stat(s: Stat | None, scale: float = 100.0) -> str:
 class Comparison:
     variant: str
     baseline: str
-    diff: float  # variant mean − best baseline mean (higher is better)
+    diff: float  # how much better the variant is than the best baseline (mean difference, sign: + = better)
     significant: bool
     variant_stat: Stat
     baseline_stat: Stat
 
 
-def compare(stats: dict[str, Stat | None]) -> list[Comparison]:
-    """Each MLCL variant of a row against the best baseline of that row."""
+def compare(stats: dict[str, Stat | None], higher_is_better: bool = True) -> list[Comparison]:
+    """Each MLCL variant of a row against the best baseline of that row (the lowest, for a metric where
+    lower is better such as mistake severity)."""
     baselines = {m: s for m, s in stats.items() if s is not None and not is_mlcl(m) and m not in REFERENCES}
     if not baselines:
         return []
-    best = max(baselines, key=lambda m: baselines[m].mean)
+    sign = 1.0 if higher_is_better else -1.0
+    best = max(baselines, key=lambda m: sign * baselines[m].mean)
     b = baselines[best]
     out = []
     for method, s in stats.items():
         if s is None or not is_mlcl(method):
             continue
-        diff = s.mean - b.mean
+        diff = sign * (s.mean - b.mean)
         significant = False
         if s.n >= 2 and b.n >= 2:
             se = math.sqrt(s.std**2 / s.n + b.std**2 / b.n)
@@ -110,27 +112,32 @@ class Collector:
 
 
 def table(row_label: str, rows: list[tuple[str, dict[str, list[float]]]], context: str,
-          collector: Collector | None) -> str:
-    """A markdown table: one row per setting, one column per method, then MLCL − best baseline."""
+          collector: Collector | None, *, higher_is_better: bool = True, scale: float = 100.0) -> str:
+    """A markdown table: one row per setting, one column per method, then MLCL − best baseline (for a
+    lower-is-better metric: best baseline − MLCL, so that + always means MLCL is better). Values are
+    shown times ``scale`` (100: percentages; 1: distances)."""
     methods = order_methods(m for _, cells in rows for m in cells)
     variants = [m for m in methods if is_mlcl(m)]
     has_baseline = any(not is_mlcl(m) and m not in REFERENCES for m in methods)
     diff_columns = variants if has_baseline else []
-    header = [row_label, *methods, *(f"{v} − best baseline" for v in diff_columns)]
+    difference = "{} − best baseline" if higher_is_better else "best baseline − {}"
+    header = [row_label, *methods, *(difference.format(v) for v in diff_columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    unit = " points" if scale == 100.0 else ""
+    direction = "" if higher_is_better else " (lower is better)"
     for label, cells in rows:
         stats = {m: stat(cells.get(m, [])) for m in methods}
-        comparisons = {c.variant: c for c in compare(stats)}
-        row = [label, *(fmt_stat(stats[m]) for m in methods)]
-        row += [fmt_diff(comparisons[v]) if v in comparisons else "—" for v in diff_columns]
+        comparisons = {c.variant: c for c in compare(stats, higher_is_better)}
+        row = [label, *(fmt_stat(stats[m], scale) for m in methods)]
+        row += [fmt_diff(comparisons[v], scale) if v in comparisons else "—" for v in diff_columns]
         lines.append("| " + " | ".join(row) + " |")
         if collector is not None:
             for c in comparisons.values():
                 collector.tally[c.variant].append(c)
                 if c.diff < 0:
                     collector.losses.append(
-                        f"{context}, {row_label} {label}: {c.variant} {c.variant_stat.mean * 100:.2f} vs "
-                        f"{c.baseline} {c.baseline_stat.mean * 100:.2f} ({c.diff * 100:+.2f} points, "
+                        f"{context}, {row_label} {label}: {c.variant} {c.variant_stat.mean * scale:.2f} vs "
+                        f"{c.baseline} {c.baseline_stat.mean * scale:.2f}{direction} ({c.diff * scale:+.2f}{unit}, "
                         f"{'beyond' if c.significant else 'within'} seed noise)"
                     )
     return "\n".join(lines)
