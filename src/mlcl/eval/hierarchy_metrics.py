@@ -68,23 +68,25 @@ def mistake_severity(pred: ArrayLike, target: ArrayLike, heights: ArrayLike) -> 
 _NEG_INF_BITS = int(np.array(-np.inf, dtype=np.float32).view(np.int32))
 
 
-def _encode(sims: torch.Tensor, relevant: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
-    """Similarities with each reference's relevance in the lowest mantissa bit (each value moves by at
-    most 1 ulp), and -inf in the columns ``excluded``.
+def _class_masks(ref_y: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(and, or)`` int32 masks over the references that encode similarities for queries of class ``c``.
 
-    Sorting the values alone then carries the relevance along, several times faster than an argsort;
-    only exact ties (to the ulp) may be ordered differently, and those are arbitrary anyway.
+    ``(bits & and) | or`` puts each reference's relevance (of class ``c``) in the lowest mantissa bit of
+    its similarity, moving the value by at most 1 ulp, and turns unlabelled references into -inf. Sorting
+    the values alone then carries the relevance along, several times faster than an argsort; only exact
+    ties (to the ulp) may be ordered differently, and those are arbitrary anyway.
     """
-    bits = sims.view(torch.int32).bitwise_and_(~1).bitwise_or_(relevant.to(torch.int32))
-    if excluded is not None:
-        bits.masked_fill_(excluded, _NEG_INF_BITS)
-    return bits.view(torch.float32)
+    unlabelled = ref_y == -1
+    keep = np.where(unlabelled, np.int32(0), np.int32(~1))
+    put = np.where(unlabelled, np.int32(_NEG_INF_BITS), (ref_y == c).astype(np.int32))
+    return keep, put
 
 
 def _top(encoded: np.ndarray, depth: int) -> np.ndarray:
-    """``(B, depth)``: each row's ``depth`` largest encoded similarities, largest first."""
-    top = np.partition(encoded, encoded.shape[1] - depth, axis=1)[:, encoded.shape[1] - depth:]
-    return np.sort(top, axis=1)[:, ::-1]
+    """``(B, depth)``: each row's ``depth`` largest encoded similarities, largest first (``encoded`` is
+    partitioned in place)."""
+    encoded.partition(encoded.shape[1] - depth, axis=1)
+    return np.sort(encoded[:, encoded.shape[1] - depth:], axis=1)[:, ::-1]
 
 
 def _sum_average_precision_at_r(rel: np.ndarray) -> float:
@@ -96,12 +98,12 @@ def _sum_average_precision_at_r(rel: np.ndarray) -> float:
     return float((hits / (ranks + 1)).sum() / rel.shape[1])
 
 
-def _labels(labels: Mapping[str, ArrayLike], n: int, what: str) -> dict[str, torch.Tensor]:
+def _labels(labels: Mapping[str, ArrayLike], n: int, what: str) -> dict[str, np.ndarray]:
     out = {}
     for level, y in labels.items():
-        y = torch.as_tensor(_numpy(y)).long()
+        y = _numpy(y).astype(np.int64)
         if y.shape != (n,):
-            raise MlclError(f"{what} labels of level {level!r} must have shape ({n},), got {tuple(y.shape)}")
+            raise MlclError(f"{what} labels of level {level!r} must have shape ({n},), got {y.shape}")
         out[level] = y
     return out
 
@@ -109,33 +111,37 @@ def _labels(labels: Mapping[str, ArrayLike], n: int, what: str) -> dict[str, tor
 class _LevelTally:
     """Running sums of one level's per-query MAP@R, precision@k and (optionally) hierarchical distance@k."""
 
-    def __init__(self, ref_y: torch.Tensor, self_retrieval: bool, k: int, heights: np.ndarray | None) -> None:
+    def __init__(self, ref_y: np.ndarray, self_retrieval: bool, k: int, heights: np.ndarray | None) -> None:
         self.ref_y = ref_y
-        self.unlabelled = ref_y == -1
-        self.counts = torch.bincount(ref_y[~self.unlabelled], minlength=1)
-        self.bank = int((~self.unlabelled).sum()) - int(self_retrieval)
+        labelled = ref_y != -1
+        self.counts = np.bincount(ref_y[labelled], minlength=1)
+        self.bank = int(labelled.sum()) - int(self_retrieval)
         self.k = min(k, self.bank)
         self.self_retrieval = self_retrieval
-        self.heights = None if heights is None else torch.as_tensor(heights, dtype=torch.float64)
+        self.heights = None if heights is None else np.asarray(heights, dtype=np.float64)
         self.sums = {"map_at_r": 0.0, "precision_at_k": 0.0, "hier_dist_at_k": 0.0}
         self.queries = 0
 
-    def add(self, block: torch.Tensor, query_y: torch.Tensor, start: int) -> None:
+    def add(self, block: np.ndarray, query_y: np.ndarray, start: int) -> None:
         """Score the queries of one chunk; ``block`` holds their similarities to every reference."""
-        for c in torch.unique(query_y[query_y != -1]).tolist():
+        for c in np.unique(query_y[query_y != -1]).tolist():
             r = (int(self.counts[c]) if c < len(self.counts) else 0) - int(self.self_retrieval)
             if r < 1:
                 continue  # no other reference of this class: MAP@R and precision@k are undefined
-            rows = torch.nonzero(query_y == c).flatten()
-            encoded = _encode(block[rows], self.ref_y == c, self.unlabelled if self.unlabelled.any() else None)
+            rows = np.flatnonzero(query_y == c)
+            keep, put = _class_masks(self.ref_y, c)
+            bits = block[rows].view(np.int32)
+            bits &= keep
+            bits |= put
+            encoded = bits.view(np.float32)
             if self.self_retrieval:
-                encoded[torch.arange(len(rows)), rows + start] = -torch.inf
-            rel = (_top(encoded.numpy(), max(r, self.k)).view(np.int32) & 1).astype(bool)
+                encoded[np.arange(len(rows)), rows + start] = -np.inf
+            if self.heights is not None:
+                neighbours = torch.from_numpy(encoded).topk(self.k, dim=1, sorted=False).indices.numpy()
+                self.sums["hier_dist_at_k"] += float(self.heights[c, self.ref_y[neighbours]].mean(axis=1).sum())
+            rel = (_top(encoded, max(r, self.k)).view(np.int32) & 1).astype(bool)
             self.sums["map_at_r"] += _sum_average_precision_at_r(rel[:, :r])
             self.sums["precision_at_k"] += float(rel[:, :self.k].mean(axis=1).sum())
-            if self.heights is not None:
-                neighbours = encoded.topk(self.k, dim=1, sorted=False).indices
-                self.sums["hier_dist_at_k"] += float(self.heights[c, self.ref_y[neighbours]].mean(dim=1).sum())
             self.queries += len(rows)
 
     def result(self) -> dict[str, float | None]:
@@ -184,7 +190,7 @@ def retrieval_metrics(
     tallies = {level: _LevelTally(ry[level], self_retrieval, k, height_matrix if level == height_level else None)
                for level in qy}
     for start in range(0, len(q), chunk_size):
-        block = q[start:start + chunk_size] @ refs.T
+        block = (q[start:start + chunk_size] @ refs.T).numpy()
         for level, tally in tallies.items():
             tally.add(block, qy[level][start:start + chunk_size], start)
     results = {level: tally.result() for level, tally in tallies.items()}
