@@ -182,3 +182,51 @@ def test_retrieval_errors():
         retrieval_metrics(x, {"l": np.zeros(3)}, k=0)
     with pytest.raises(MlclError, match="height_level"):
         retrieval_metrics(x, {"l": np.zeros(3)}, height_level="l")
+
+
+def test_evaluate_model_scores_each_head_at_its_level_and_the_concatenation():
+    from torch import nn
+
+    from mlcl.data.types import Dataset, LabeledSplit, LabelLevel
+    from mlcl.eval.probe import evaluate_levels
+    from mlcl.hierarchy import Hierarchy
+    from mlcl.models.heads import MultiHeadProjector
+    from mlcl.models.model import MultiLevelModel
+    from mlcl.train.evaluation import evaluate_model
+
+    parent = [0, 0, 1, 1, 2, 2]
+    hierarchy = Hierarchy.from_index(parent, list("abcdef"), list("xyz"), ("coarse", "fine"))
+    levels = [LabelLevel("coarse", list("xyz")), LabelLevel("fine", list("abcdef"))]
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 5, generator=gen) * 3
+
+    def split(n: int) -> LabeledSplit:
+        fine = torch.randint(0, 6, (n,), generator=gen)
+        return LabeledSplit(centres[fine] + torch.randn(n, 5, generator=gen),
+                            {"coarse": torch.tensor(parent)[fine], "fine": fine})
+
+    dataset = Dataset("toy", "features", levels, split(300), split(120), split(60), hierarchy=hierarchy)
+    torch.manual_seed(0)
+    projector = MultiHeadProjector(8, 3, hidden_dim=16, out_dim=4, head_names=["coarse", "fine", "instance"])
+    model = MultiLevelModel(nn.Sequential(nn.Linear(5, 8), nn.ReLU()), projector).eval()
+    heads = {"coarse": "coarse", "fine": "fine", "instance": None}
+    got = evaluate_model(model, dataset, torch.device("cpu"), knn_k=5, probe_epochs=20,
+                         features=["heads", "concat"], heads=heads)
+    assert "test" not in got  # the encoder was not asked for
+    assert set(got["features"]) == {"head:coarse", "head:fine", "head:instance", "concat"}
+    assert set(got["features"]["head:coarse"]) == {"coarse"} and set(got["features"]["head:instance"]) == {"fine"}
+    with torch.no_grad():
+        z = {name: nn.functional.normalize(model(s.inputs).projections, dim=2)
+             for name, s in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))}
+    want = evaluate_levels(z["train"][0], dataset.train.targets, z["test"][0], dataset.test.targets, levels[:1],
+                           val_feats=z["val"][0], val_targets=dataset.val.targets, knn_k=5, probe_epochs=20)
+    assert got["features"]["head:coarse"]["coarse"] == pytest.approx(want["coarse"])
+    joined = {name: torch.cat(list(x), dim=1) for name, x in z.items()}
+    want = evaluate_levels(joined["train"], dataset.train.targets, joined["test"], dataset.test.targets, levels,
+                           parent_index={"fine": torch.tensor(parent)}, val_feats=joined["val"],
+                           val_targets=dataset.val.targets, knn_k=5, probe_epochs=20)
+    assert got["features"]["concat"].keys() == want.keys()
+    for key in want:
+        assert got["features"]["concat"][key] == pytest.approx(want[key])
+    with pytest.raises(MlclError, match="no level given for heads"):
+        evaluate_model(model, dataset, torch.device("cpu"), knn_k=5, features=["heads"], heads={"coarse": "coarse"})
