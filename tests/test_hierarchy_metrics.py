@@ -230,3 +230,21 @@ def test_evaluate_model_scores_each_head_at_its_level_and_the_concatenation():
         assert got["features"]["concat"][key] == pytest.approx(want[key])
     with pytest.raises(MlclError, match="no level given for heads"):
         evaluate_model(model, dataset, torch.device("cpu"), knn_k=5, features=["heads"], heads={"coarse": "coarse"})
+
+
+def test_map_at_r_agrees_with_pytorch_metric_learning():
+    calculators = pytest.importorskip("pytorch_metric_learning.utils.accuracy_calculator")
+    rng = np.random.default_rng(0)
+    qx, rx = rng.normal(size=(60, 8)).astype(np.float32), rng.normal(size=(200, 8)).astype(np.float32)
+    qy, ry = rng.integers(0, 4, 60), rng.integers(0, 4, 200)
+    rx[ry == 1] += 1.5  # one class clustered, so scores are not all near chance
+    from pytorch_metric_learning.distances import CosineSimilarity
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    calc = calculators.AccuracyCalculator(include=("mean_average_precision_at_r", "precision_at_1"),
+                                          k="max_bin_count", knn_func=CustomKNN(CosineSimilarity()))
+    theirs = calc.get_accuracy(torch.from_numpy(qx), torch.from_numpy(qy), torch.from_numpy(rx), torch.from_numpy(ry),
+                               ref_includes_query=False)
+    ours = retrieval_metrics(qx, {"l": qy}, rx, {"l": ry}, k=1)["l"]
+    assert ours["map_at_r"] == pytest.approx(theirs["mean_average_precision_at_r"], abs=1e-5)
+    assert ours["precision_at_k"] == pytest.approx(theirs["precision_at_1"], abs=1e-5)
