@@ -161,6 +161,16 @@ def test_retrieval_by_hand():
     assert alone["fine"] == {"map_at_r": None, "precision_at_k": None}
 
 
+def test_ties_give_no_credit():
+    # A collapsed embedding: every similarity is equal, so nothing is retrieved better than by chance;
+    # ties rank the other classes first. Negative similarities order the same way.
+    for sign in (1.0, -1.0):
+        refs = np.ones((6, 3))
+        got = retrieval_metrics(np.full((2, 3), sign), {"l": np.array([0, 1])}, refs,
+                                {"l": np.array([0, 1, 1, 2, 2, 2])}, k=3)["l"]
+        assert got == {"map_at_r": 0.0, "precision_at_k": 0.0}
+
+
 def test_map_at_r_by_hand_ranks():
     # Query at angle 0; references ranked by angle: relevant at ranks 1 and 3, R = 2 -> (1/1 + 0) / 2.
     angles = np.array([0.1, 0.2, 0.3])

@@ -65,28 +65,36 @@ def mistake_severity(pred: ArrayLike, target: ArrayLike, heights: ArrayLike) -> 
     return {"severity": float(h.mean()), "within_parent": float((h == 1).mean())}
 
 
-_NEG_INF_BITS = int(np.array(-np.inf, dtype=np.float32).view(np.int32))
+_EXCLUDED = np.iinfo(np.int32).min
 
 
 def _class_masks(ref_y: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(and, or)`` int32 masks over the references that encode similarities for queries of class ``c``.
-
-    ``(bits & and) | or`` puts each reference's relevance (of class ``c``) in the lowest mantissa bit of
-    its similarity, moving the value by at most 1 ulp, and turns unlabelled references into -inf. Sorting
-    the values alone then carries the relevance along, several times faster than an argsort; only exact
-    ties (to the ulp) may be ordered differently, and those are arbitrary anyway.
-    """
+    """``(keep, put)`` int32 masks over the references for queries of class ``c`` (see :func:`_rank_keys`)."""
     unlabelled = ref_y == -1
     keep = np.where(unlabelled, np.int32(0), np.int32(~1))
-    put = np.where(unlabelled, np.int32(_NEG_INF_BITS), (ref_y == c).astype(np.int32))
+    put = np.where(unlabelled, np.int32(_EXCLUDED), (ref_y != c).astype(np.int32))
     return keep, put
 
 
-def _top(encoded: np.ndarray, depth: int) -> np.ndarray:
-    """``(B, depth)``: each row's ``depth`` largest encoded similarities, largest first (``encoded`` is
-    partitioned in place)."""
-    encoded.partition(encoded.shape[1] - depth, axis=1)
-    return np.sort(encoded[:, encoded.shape[1] - depth:], axis=1)[:, ::-1]
+def _rank_keys(sims: np.ndarray, keep: np.ndarray, put: np.ndarray) -> np.ndarray:
+    """int32 keys that order like the float32 similarities, with each reference's relevance in the lowest
+    bit (0: of the query's class) and unlabelled references at the minimum; ``sims`` is overwritten.
+
+    Sorting the keys alone then carries the relevance along, several times faster than an argsort. The
+    lowest bit of the similarity is given up for it, so similarities within 1 ulp count as tied, and ties
+    rank the other classes first: a collapsed embedding (all similarities equal) scores 0, not 1.
+    """
+    keys = sims.view(np.int32)
+    keys ^= (keys >> 31) & np.int32(0x7FFFFFFF)  # negative floats: flip, so integer order is float order
+    keys &= keep
+    keys |= put
+    return keys
+
+
+def _top(keys: np.ndarray, depth: int) -> np.ndarray:
+    """``(B, depth)``: each row's ``depth`` largest keys, largest first (``keys`` is partitioned in place)."""
+    keys.partition(keys.shape[1] - depth, axis=1)
+    return np.sort(keys[:, keys.shape[1] - depth:], axis=1)[:, ::-1]
 
 
 def _sum_average_precision_at_r(rel: np.ndarray) -> float:
@@ -129,17 +137,13 @@ class _LevelTally:
             if r < 1:
                 continue  # no other reference of this class: MAP@R and precision@k are undefined
             rows = np.flatnonzero(query_y == c)
-            keep, put = _class_masks(self.ref_y, c)
-            bits = block[rows].view(np.int32)
-            bits &= keep
-            bits |= put
-            encoded = bits.view(np.float32)
+            keys = _rank_keys(block[rows], *_class_masks(self.ref_y, c))
             if self.self_retrieval:
-                encoded[np.arange(len(rows)), rows + start] = -np.inf
+                keys[np.arange(len(rows)), rows + start] = _EXCLUDED
             if self.heights is not None:
-                neighbours = torch.from_numpy(encoded).topk(self.k, dim=1, sorted=False).indices.numpy()
+                neighbours = torch.from_numpy(keys).topk(self.k, dim=1, sorted=False).indices.numpy()
                 self.sums["hier_dist_at_k"] += float(self.heights[c, self.ref_y[neighbours]].mean(axis=1).sum())
-            rel = (_top(encoded, max(r, self.k)).view(np.int32) & 1).astype(bool)
+            rel = (_top(keys, max(r, self.k)) & 1) == 0
             self.sums["map_at_r"] += _sum_average_precision_at_r(rel[:, :r])
             self.sums["precision_at_k"] += float(rel[:, :self.k].mean(axis=1).sum())
             self.queries += len(rows)
