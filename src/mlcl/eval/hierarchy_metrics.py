@@ -76,16 +76,16 @@ def _class_masks(ref_y: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     return keep, put
 
 
-def _rank_keys(sims: np.ndarray, keep: np.ndarray, put: np.ndarray) -> np.ndarray:
-    """int32 keys that order like the float32 similarities, with each reference's relevance in the lowest
-    bit (0: of the query's class) and unlabelled references at the minimum; ``sims`` is overwritten.
+def _rank_keys(shifted: np.ndarray, keep: np.ndarray, put: np.ndarray) -> np.ndarray:
+    """int32 keys that order like the similarities, with each reference's relevance in the lowest bit (0:
+    of the query's class) and unlabelled references at the minimum; ``shifted`` (similarities + 2, so all
+    positive: their float32 bits then order like the values) is overwritten.
 
-    Sorting the keys alone then carries the relevance along, several times faster than an argsort. The
-    lowest bit of the similarity is given up for it, so similarities within 1 ulp count as tied, and ties
-    rank the other classes first: a collapsed embedding (all similarities equal) scores 0, not 1.
+    Sorting the keys alone carries the relevance along, several times faster than an argsort. The lowest
+    bit of the similarity is given up for it, so similarities closer than about 5e-7 count as tied, and
+    ties rank the other classes first: a collapsed embedding (all similarities equal) scores 0, not 1.
     """
-    keys = sims.view(np.int32)
-    keys ^= (keys >> 31) & np.int32(0x7FFFFFFF)  # negative floats: flip, so integer order is float order
+    keys = shifted.view(np.int32)
     keys &= keep
     keys |= put
     return keys
@@ -131,7 +131,7 @@ class _LevelTally:
         self.queries = 0
 
     def add(self, block: np.ndarray, query_y: np.ndarray, start: int) -> None:
-        """Score the queries of one chunk; ``block`` holds their similarities to every reference."""
+        """Score the queries of one chunk; ``block`` holds their similarities to every reference, plus 2."""
         for c in np.unique(query_y[query_y != -1]).tolist():
             r = (int(self.counts[c]) if c < len(self.counts) else 0) - int(self.self_retrieval)
             if r < 1:
@@ -194,7 +194,7 @@ def retrieval_metrics(
     tallies = {level: _LevelTally(ry[level], self_retrieval, k, height_matrix if level == height_level else None)
                for level in qy}
     for start in range(0, len(q), chunk_size):
-        block = (q[start:start + chunk_size] @ refs.T).numpy()
+        block = (q[start:start + chunk_size] @ refs.T).add_(2.0).numpy()
         for level, tally in tallies.items():
             tally.add(block, qy[level][start:start + chunk_size], start)
     results = {level: tally.result() for level, tally in tallies.items()}
