@@ -77,6 +77,9 @@ def test_ints_are_accepted_where_floats_are_expected_and_single_values_become_li
         ({"train": {"augment": {"feature_noise": -1}}}, r"train.augment.feature_noise must be >= 0"),
         ({"eval": {"map_points": 0}}, r"eval.map_points must be >= 1"),
         ({"eval": {"probe_epochs": 0}}, r"eval.probe_epochs must be >= 1"),
+        ({"eval": {"features": ["encoder", "head"]}}, r"eval.features must be one of .*\(did you mean 'heads'\?\)"),
+        ({"eval": {"features": []}}, r"eval.features must be a non-empty list"),
+        ({"eval": {"features": ["concat", "concat"]}}, r"eval.features lists a name twice"),
         ({"model": {"encoder": "mlpp"}}, r"model.encoder must be one of .*got 'mlpp' \(did you mean 'mlp'\?\)"),
     ],
 )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from mlcl.data.types import LabelLevel
 from mlcl.errors import DataError
+from mlcl.eval.hierarchy_metrics import lca_heights, mistake_severity, retrieval_metrics
 from mlcl.eval.metrics import choose_threshold, multilabel_metrics
 from mlcl.eval.probe import evaluate_levels, knn_predict, linear_probe
 
@@ -149,19 +150,32 @@ def test_evaluate_levels_hierarchical_shape_and_values():
     test_x, test_t = _hierarchical_split(300, 1)
     train_t["coarse"][:50] = -1
     got = evaluate_levels(train_x, train_t, test_x, test_t, LEVELS, parent_index={"fine": PARENT}, knn_k=10)
-    assert set(got) == {"coarse", "fine", "consistency"}
-    assert set(got["coarse"]) == set(got["fine"]) == {"linear_top1", "knn_top1"}
+    assert set(got) == {"coarse", "fine", "consistency", "severity"}
+    assert set(got["coarse"]) == {"linear_top1", "knn_top1", "map_at_r", "precision_at_k"}
+    assert set(got["fine"]) == set(got["coarse"]) | {"hier_dist_at_k"}
     assert set(got["consistency"]) == {"linear", "knn"}
+    assert set(got["severity"]) == {"linear", "knn", "linear_within_parent", "knn_within_parent"}
     json.dumps(got)  # plain floats only
-    assert min(got["fine"].values()) > 0.95 and min(got["consistency"].values()) > 0.95
+    scores = [v for k, v in got["fine"].items() if k != "hier_dist_at_k"]
+    assert min(scores) > 0.95 and min(got["consistency"].values()) > 0.95
     fine_probe = linear_probe(train_x, train_t["fine"], test_x, test_t["fine"], num_classes=6)
     assert got["fine"]["linear_top1"] == pytest.approx(fine_probe.top1)
+    # retrieval: the training rows unlabelled at a level are not in that level's bank
+    heights = lca_heights([PARENT])
+    coarse = retrieval_metrics(test_x, {"c": test_t["coarse"]}, train_x[50:], {"c": train_t["coarse"][50:]}, k=10)
+    fine = retrieval_metrics(test_x, {"f": test_t["fine"]}, train_x, {"f": train_t["fine"]}, k=10,
+                             heights=heights, height_level="f")
+    assert {k: got["coarse"][k] for k in coarse["c"]} == pytest.approx(coarse["c"])
+    assert {k: got["fine"][k] for k in fine["f"]} == pytest.approx(fine["f"])
+    knn = knn_predict(train_x, train_t["fine"], test_x, k=10)
+    assert got["severity"]["knn"] == mistake_severity(knn, test_t["fine"], heights)["severity"]
 
 
 def test_evaluate_levels_consistency_only_with_a_parent_map():
     train_x, train_t = _hierarchical_split(200, 0)
     test_x, test_t = _hierarchical_split(100, 1)
-    assert "consistency" not in evaluate_levels(train_x, train_t, test_x, test_t, LEVELS)
+    got = evaluate_levels(train_x, train_t, test_x, test_t, LEVELS)
+    assert "consistency" not in got and "severity" not in got and "hier_dist_at_k" not in got["fine"]
     with pytest.raises(DataError, match="finest level 'fine'"):
         evaluate_levels(train_x, train_t, test_x, test_t, LEVELS, parent_index={"coarse": PARENT})
     with pytest.raises(DataError, match="no targets for level 'fine'"):

@@ -53,6 +53,39 @@ def test_quickstart_slice_writes_every_output(tmp_path, capsys):
     assert "loss_coarse" in header and "loss_fine" in header and "val_knn" in header
 
 
+def _check_level_metrics(values: dict, finest: bool) -> None:
+    for key in ("linear_top1", "knn_top1", "map_at_r", "precision_at_k"):
+        assert 0.0 <= values[key] <= 1.0, key
+    assert ("hier_dist_at_k" in values) == finest
+    if finest:
+        assert 0.0 <= values["hier_dist_at_k"] <= 2.0
+
+
+@pytest.mark.slow
+def test_metrics_json_has_retrieval_severity_and_head_features(tmp_path):
+    code, out = run(tmp_path, *SMALL_FASHION, "data.options.limit_train=700", "eval.embedding_map=none",
+                    "method.instance_head=true", "eval.features=[encoder, heads, concat]")
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = metrics["test"]
+    _check_level_metrics(test["coarse"], finest=False)
+    _check_level_metrics(test["fine"], finest=True)
+    # one epoch is far from perfect: there are mistakes, each 1 (a sibling) or 2 (another top class) away
+    for method in ("linear", "knn"):
+        assert 1.0 <= test["severity"][method] <= 2.0
+        assert 0.0 <= test["severity"][f"{method}_within_parent"] <= 1.0
+    # retrieval ranks the whole bank, so MAP@R is at most precision@R and well above chance (1/10) here
+    assert test["fine"]["map_at_r"] > 0.1
+    features = metrics["features"]
+    assert set(features) == {"head:coarse", "head:fine", "head:instance", "concat"}
+    assert set(features["head:coarse"]) == {"coarse"}
+    assert set(features["head:fine"]) == set(features["head:instance"]) == {"fine"}
+    _check_level_metrics(features["head:coarse"]["coarse"], finest=False)
+    _check_level_metrics(features["head:instance"]["fine"], finest=False)  # one level: no tree to measure in
+    assert set(features["concat"]) == set(test)
+    _check_level_metrics(features["concat"]["fine"], finest=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method_overrides",

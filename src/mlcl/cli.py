@@ -31,11 +31,13 @@ ALLOW_DATA_CHANGE_HELP = ("go on although the data differs from what the run was
 
 
 def _summary_table(metrics: dict[str, Any]) -> str:
-    """Per-level test results as an aligned text table."""
+    """Per-level test results (the encoder's, then any head features') as an aligned text table."""
     rows = []
-    for level, values in metrics.get("test", {}).items():
-        for name, value in values.items():
-            rows.append((level, name, f"{value:.4f}"))
+    blocks = [("", metrics.get("test", {}))] + [(f"{f} ", v) for f, v in metrics.get("features", {}).items()]
+    for prefix, block in blocks:
+        for level, values in block.items():
+            for name, value in values.items():
+                rows.append((prefix + level, name, "-" if value is None else f"{value:.4f}"))
     for level, values in metrics.get("classifier", {}).items():
         rows.append((level, "classifier_top1", f"{values['top1']:.4f}"))
     if not rows:

@@ -1,5 +1,6 @@
-"""Evaluation on frozen features: linear probe, kNN and the per-level metrics."""
+"""Evaluation on frozen features: linear probe, kNN, retrieval and the per-level and hierarchy metrics."""
 
+from mlcl.eval.hierarchy_metrics import lca_heights, mistake_severity, retrieval_metrics
 from mlcl.eval.metrics import (
     choose_threshold,
     hierarchy_consistency,
@@ -15,8 +16,11 @@ __all__ = [
     "evaluate_levels",
     "hierarchy_consistency",
     "knn_predict",
+    "lca_heights",
     "linear_probe",
     "mean_average_precision",
+    "mistake_severity",
     "multilabel_metrics",
+    "retrieval_metrics",
     "top1",
 ]

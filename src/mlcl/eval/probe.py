@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from mlcl.data.types import LabelLevel
 from mlcl.errors import DataError, MlclError
+from mlcl.eval.hierarchy_metrics import lca_heights, mistake_severity, retrieval_metrics
 from mlcl.eval.metrics import choose_threshold, hierarchy_consistency, multilabel_metrics, top1
 
 
@@ -156,8 +157,9 @@ def _target(targets: dict[str, Tensor], level: str, split: str) -> Tensor:
 
 
 def _check_levels(levels: list[LabelLevel], val_feats: Tensor | None, val_targets: dict | None) -> None:
-    if any(level.name == "consistency" for level in levels):
-        raise DataError("a level may not be named 'consistency' (that key holds the consistency scores)")
+    for reserved in ("consistency", "severity"):
+        if any(level.name == reserved for level in levels):
+            raise DataError(f"a level may not be named {reserved!r} (that key holds the {reserved} scores)")
     multi = [level.name for level in levels if level.multi_label]
     if multi and (val_feats is None or val_targets is None):
         raise DataError(
@@ -187,6 +189,24 @@ def _consistency(
     }
 
 
+def _tree_heights(levels: list[LabelLevel], parent_index: dict[str, Tensor] | None) -> Tensor | None:
+    """LCA heights between finest classes, for a single-label hierarchy of two or more levels."""
+    if parent_index is None or len(levels) < 2 or any(level.multi_label for level in levels):
+        return None
+    missing = [level.name for level in levels[1:] if level.name not in parent_index]
+    if missing:
+        raise DataError(f"parent_index has no entry for levels {missing} (has: {sorted(parent_index)})")
+    return torch.from_numpy(lca_heights([parent_index[level.name] for level in levels[1:]]))
+
+
+def _severity(finest: str, test_y: Tensor, predictions: dict[str, tuple[Tensor, Tensor]],
+              heights: Tensor) -> dict[str, float | None]:
+    """Mean LCA height of the linear and kNN mistakes at the finest level, and the share within the parent."""
+    linear, knn = (mistake_severity(pred, test_y, heights) for pred in predictions[finest])
+    return {"linear": linear["severity"], "knn": knn["severity"],
+            "linear_within_parent": linear["within_parent"], "knn_within_parent": knn["within_parent"]}
+
+
 def evaluate_levels(
     train_feats: Tensor,
     train_targets: dict[str, Tensor],
@@ -203,12 +223,18 @@ def evaluate_levels(
 
     The linear probes run at most ``probe_epochs`` L-BFGS iterations (:func:`linear_probe`).
 
-    Single-label level: ``{"linear_top1", "knn_top1"}`` on test. Multi-label level: ``{"mAP",
+    Single-label level: ``{"linear_top1", "knn_top1", "map_at_r", "precision_at_k"}`` on test, the last
+    two ranking the training rows by cosine similarity to each test row (k = ``knn_k``;
+    :func:`mlcl.eval.hierarchy_metrics.retrieval_metrics`). Multi-label level: ``{"mAP",
     "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss"}`` of the linear probe on test with the
     threshold chosen on the validation split (required). With two or more single-label levels
     (ordered coarse -> fine) and ``parent_index`` given, ``"consistency": {"linear", "knn"}`` is the
     fraction of test rows whose predicted finest class has the predicted next-coarser class as
-    parent; ``parent_index[finest_level]`` maps each finest class to that parent class.
+    parent; ``parent_index[finest_level]`` maps each finest class to that parent class. When every level
+    is single-label and ``parent_index`` maps each level below the top to its parents, the finest level
+    also gets ``"hier_dist_at_k"`` (mean tree distance to its k nearest training rows) and
+    ``"severity": {"linear", "knn", "linear_within_parent", "knn_within_parent"}`` is the mean tree distance
+    of the wrong finest predictions and the share of them under the true parent (``None``: no mistake).
     """
     _check_levels(levels, val_feats, val_targets)
     results: dict[str, dict[str, float]] = {}
@@ -230,6 +256,19 @@ def evaluate_levels(
             results[level.name] = {"linear_top1": probe.top1, "knn_top1": top1(knn, test_y)}
             predictions[level.name] = (probe.predictions, knn)
     consistency = _consistency(levels, predictions, parent_index)
+    single = [level.name for level in levels if not level.multi_label]
+    heights = _tree_heights(levels, parent_index)
+    if single:
+        retrieval = retrieval_metrics(
+            test_feats, {name: test_targets[name] for name in single},
+            train_feats, {name: train_targets[name] for name in single},
+            k=knn_k, heights=heights, height_level=levels[-1].name if heights is not None else None,
+        )
+        for name in single:
+            results[name].update(retrieval[name])
     if consistency is not None:
         results["consistency"] = consistency
+    if heights is not None:
+        finest = levels[-1].name
+        results["severity"] = _severity(finest, test_targets[finest], predictions, heights)
     return results

@@ -230,6 +230,10 @@ class TrainConfig:
         self.augment.validate(f"{key}.augment")
 
 
+#: What ``eval.features`` may list: the encoder's features, each projection head's, all heads concatenated.
+EVAL_FEATURES = ("encoder", "heads", "concat")
+
+
 @dataclass
 class EvalConfig:
     """The evaluation after training: linear probe and kNN per level on frozen features, and plots."""
@@ -238,9 +242,17 @@ class EvalConfig:
     probe_epochs: int = setting(100, "at most this many L-BFGS iterations per linear probe")
     embedding_map: str = setting("pca", "the 2-D map in embeddings.png: pca | tsne | none")
     map_points: int = setting(2000, "test points drawn in embeddings.png")
+    features: list[str] = setting(["encoder"], "what the probes see: encoder | heads (each at its level) | concat")
 
     def validate(self, key: str) -> None:
         _check_choice(f"{key}.embedding_map", self.embedding_map, ("pca", "tsne", "none"))
+        if not isinstance(self.features, list) or not self.features:
+            raise ConfigError(f"{key}.features must be a non-empty list of {', '.join(EVAL_FEATURES)}, "
+                              f"got {self.features!r}")
+        for name in self.features:
+            _check_choice(f"{key}.features", name, EVAL_FEATURES)
+        if len(set(self.features)) != len(self.features):
+            raise ConfigError(f"{key}.features lists a name twice: {self.features}; list each once")
         for name in ("knn_k", "probe_epochs", "map_points"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{key}.{name} must be >= 1, got {getattr(self, name)}")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mlcl.data.types import Dataset, LabeledSplit
+from mlcl.errors import MlclError
 from mlcl.eval.metrics import mean_average_precision, top1
 from mlcl.eval.probe import evaluate_levels, knn_predict
 from mlcl.eval.shift import unseen_class_metrics
@@ -80,11 +83,69 @@ def monitor_score(
     return sum(scores) / len(scores) if scores else None
 
 
-def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn_k: int,
-                   probe_epochs: int = 100, progress: bool = False) -> dict[str, Any]:
-    """``{"test": {LEVEL: {...}, "consistency": {...}}, "classifier": {LEVEL: top1}}`` on frozen features.
+def _head_features(model: nn.Module, dataset: Dataset, device: torch.device,
+                   progress: bool) -> dict[str, torch.Tensor | None]:
+    """Each split's L2-normalised head projections ``(H, N, D)``, as ``mlcl embed --head`` exports them."""
+    out: dict[str, torch.Tensor | None] = {}
+    for name in ("train", "val", "test"):
+        split = getattr(dataset, name)
+        projections = None
+        if split is not None:
+            projections = extract(model, split.inputs, device, what="projections",
+                                  progress=f"{name} heads" if progress else None)
+            projections = F.normalize(projections, dim=2)
+        out[name] = projections
+    return out
 
-    With ``progress``, a line per stage on stderr (and bars over the batches on a terminal)."""
+
+def _feature_metrics(model: nn.Module, dataset: Dataset, device: torch.device, features: Sequence[str],
+                     heads: Mapping[str, str | None], knn_k: int, probe_epochs: int,
+                     progress: bool) -> dict[str, Any]:
+    """``{"head:<name>": {LEVEL: {...}}, "concat": {LEVEL: {...}, ...}}`` for the head-based features.
+
+    A head is evaluated at the level whose labels defined its positives (the instance head at the finest
+    level); ``concat`` joins every head's normalised projections and is evaluated like the encoder.
+    """
+    projector = getattr(model, "projector", None)
+    names = list(projector.head_names) if projector is not None else []
+    if not names:
+        return {}
+    unknown = [name for name in names if name not in heads]
+    if unknown:
+        raise MlclError(f"evaluate_model: no level given for heads {unknown} (heads maps head -> level or None)")
+    note(progress, f"eval: {', '.join(f for f in features if f != 'encoder')} features of heads {', '.join(names)}")
+    projections = _head_features(model, dataset, device, progress)
+    levels = {level.name: level for level in dataset.levels}
+    val_targets = dataset.val.targets if dataset.val is not None else None
+
+    def evaluate(split_x: Mapping[str, torch.Tensor | None], on_levels: list) -> dict[str, Any]:
+        return evaluate_levels(split_x["train"], dataset.train.targets, split_x["test"], dataset.test.targets,
+                               on_levels, parent_index=parent_indices(dataset), val_feats=split_x["val"],
+                               val_targets=val_targets, knn_k=knn_k, probe_epochs=probe_epochs)
+
+    results: dict[str, Any] = {}
+    if "heads" in features:
+        for index, name in enumerate(names):
+            level = levels[heads[name] or dataset.levels[-1].name]
+            own = {split: None if x is None else x[index] for split, x in projections.items()}
+            results[f"head:{name}"] = evaluate(own, [level])
+    if "concat" in features:
+        joined = {split: None if x is None else torch.cat(list(x), dim=1) for split, x in projections.items()}
+        results["concat"] = evaluate(joined, dataset.levels)
+    return results
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn_k: int,
+                   probe_epochs: int = 100, progress: bool = False, *, features: Sequence[str] = ("encoder",),
+                   heads: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+    """``{"test": {LEVEL: {...}, "consistency": {...}, "severity": {...}}, "classifier": {LEVEL: top1}}`` on
+    frozen features (``"unseen"`` too when the dataset holds classes out).
+
+    ``features`` (``eval.features``) chooses what the per-level probes see: ``"encoder"`` fills ``"test"``;
+    ``"heads"`` and ``"concat"`` fill ``"features": {"head:<name>": {LEVEL: {...}}, "concat": {...}}``, for
+    which ``heads`` maps each head name to the level it was trained on (``None``: instance head, evaluated at
+    the finest level). A model without projection heads has no head features. With ``progress``, a line
+    per stage on stderr (and bars over the batches on a terminal)."""
     sizes = ", ".join(f"{len(split)} {name}" for name, split in
                       (("train", dataset.train), ("val", dataset.val), ("test", dataset.test)) if split is not None)
     note(progress, f"eval: encoding {sizes} samples")
@@ -93,16 +154,20 @@ def evaluate_model(model: nn.Module, dataset: Dataset, device: torch.device, knn
     val_x = None
     if dataset.val is not None:
         val_x = extract(model, dataset.val.inputs, device, progress="val" if progress else None)
-    note(progress, f"eval: linear probe (up to {probe_epochs} L-BFGS iterations) and {knn_k}-NN per level: "
-                   f"{', '.join(dataset.level_names)}")
-    results: dict[str, Any] = {
-        "test": evaluate_levels(
+    results: dict[str, Any] = {}
+    if "encoder" in features:
+        note(progress, f"eval: linear probe (up to {probe_epochs} L-BFGS iterations), {knn_k}-NN and retrieval "
+                       f"per level: {', '.join(dataset.level_names)}")
+        results["test"] = evaluate_levels(
             train_x, dataset.train.targets, test_x, dataset.test.targets, dataset.levels,
             parent_index=parent_indices(dataset), val_feats=val_x,
             val_targets=dataset.val.targets if dataset.val is not None else None, knn_k=knn_k,
             probe_epochs=probe_epochs,
         )
-    }
+    if "heads" in features or "concat" in features:
+        per_feature = _feature_metrics(model, dataset, device, features, heads or {}, knn_k, probe_epochs, progress)
+        if per_feature:
+            results["features"] = per_feature
     if dataset.unseen is not None:
         note(progress, f"eval: {len(dataset.unseen.classes)} unseen classes (coarser levels, few-shot)")
         results["unseen"] = unseen_class_metrics(lambda inputs: extract(model, inputs, device), dataset, train_x,

@@ -18,8 +18,9 @@ def evaluate_run(run: Run, out_dir: Path | None = None, *, progress: bool = Fals
     to ``out_dir`` (default: the run's folder). ``progress``: a line per stage on stderr."""
     config, state = run.config, run.state
     out_dir = run.out_dir if out_dir is None else out_dir
+    heads = {head.name: head.level.name if head.level is not None else None for head in run.heads}
     metrics = evaluate_model(run.model, run.dataset, run.device, config.eval.knn_k, config.eval.probe_epochs,
-                             progress=progress)
+                             progress=progress, features=config.eval.features, heads=heads)
     metrics.update({
         "dataset": run.dataset.name,
         "method": config.to_dict()["method"],
