@@ -83,8 +83,10 @@ def test_report_of_mixed_granularity_shift_and_per_level_models(tmp_path):
     for seed in (0, 1):
         for method, fine in (("supcon", 0.80), ("ce", 0.70), ("mlcl", 0.84)):
             for fraction in (0.01, 0.05):
+                severity = {"linear": 1.5 - fine + 0.01 * seed}  # tree levels: lower is better
                 append_line(results / "mixed-granularity.jsonl", _line(
-                    "mixed-granularity", "fashion-mnist", method, seed, _levels(fine + fraction + 0.01 * seed, 0.9),
+                    "mixed-granularity", "fashion-mnist", method, seed,
+                    {**_levels(fine + fraction + 0.01 * seed, 0.9), "severity": severity},
                     level_fractions={"fine": fraction}, labelled_share=0.5))
         for method, coarse_unseen in (("supcon", 0.6), ("mlcl", 0.7)):
             unseen = {"classes": ["shirt", "sandal"], "test_rows": 2000,
@@ -94,16 +96,23 @@ def test_report_of_mixed_granularity_shift_and_per_level_models(tmp_path):
             append_line(results / "subpopulation-shift.jsonl", _line(
                 "subpopulation-shift", "fashion-mnist", method, seed, {**_levels(0.8, 0.9), "unseen": unseen},
                 unseen_per_parent=1))
-        for method, accuracy in (("supcon-coarse", (0.5, 0.95, 0.7)), ("supcon-mid", (0.6, 0.9, 0.85)),
-                                 ("supcon", (0.8, 0.9, 0.8)), ("mlcl", (0.79, 0.96, 0.86))):
+        for method, accuracy, head in (("supcon-coarse", (0.5, 0.95, 0.7), "coarse"),
+                                       ("supcon-mid", (0.6, 0.9, 0.85), "mid"),
+                                       ("supcon", (0.8, 0.9, 0.8), "fine"), ("mlcl", (0.79, 0.96, 0.86), None)):
+            # each head scored at its own level: SupCon's one head, MLCL's head of each level
+            features = ({f"head:{level}": {level: {"linear_top1": 0.9}} for level in ("coarse", "mid", "fine")}
+                        if head is None else {"head:supcon": {head: {"linear_top1": 0.8}}})
             append_line(results / "per-level-models.jsonl", _line(
-                "per-level-models", "wordnet-nouns-deep", method, seed, _levels(*accuracy)))
+                "per-level-models", "wordnet-nouns-deep", method, seed, {**_levels(*accuracy), "features": features}))
     report = write_report(results, tmp_path / "results.md")
     md = report.markdown
     mixed = md.split("## Labels at mixed granularity")[1].split("\n## ")[0]
     row = next(line for line in mixed.splitlines() if line.startswith("| fine labels 5 % "))
     assert "89.50 ± 0.71 (n=2)" in row and row.rstrip(" |").endswith("+4.00* (vs supcon)")
     assert "mixed-granularity-fashion-mnist.png" in {p.name for p in report.plots}
+    severity = mixed.split("**mistake severity of the linear probe**")[1]
+    row = next(line for line in severity.splitlines() if line.startswith("| fine labels 5 % "))
+    assert "0.67 ± 0.01 (n=2)" in row and row.rstrip(" |").endswith("+0.04* (vs supcon)")  # 0.705 - 0.665
     shift = md.split("## Unseen fine classes")[1].split("\n## ")[0]
     assert "Held-out classes per seed: shirt, sandal." in shift
     row = next(line for line in shift.splitlines() if line.startswith("| unseen: coarse linear-probe top-1 "))
@@ -113,6 +122,7 @@ def test_report_of_mixed_granularity_shift_and_per_level_models(tmp_path):
                      "| unseen: fine 20-shot nearest centroid", "| unseen: fine 20-shot kNN"]
     per_level = md.split("## One model for every level")[1].split("\n## ")[0]
     row = next(line for line in per_level.splitlines() if line.startswith("| mid linear-probe top-1 "))
-    assert "85.00 ± 0.00 (n=2)" in row  # supcon-mid's mid accuracy, not supcon's or supcon-coarse's
-    assert row.rstrip(" |").endswith("+1.00* (vs supcon (own level))")
+    # supcon-mid's mid accuracy (not supcon's or supcon-coarse's), then its head, MLCL's encoder and mid head
+    assert "| 85.00 ± 0.00 (n=2) | 80.00 ± 0.00 (n=2) | 86.00 ± 0.00 (n=2) | 90.00 ± 0.00 (n=2) |" in row
+    assert row.rstrip(" |").endswith("+5.00* (vs supcon (own level), encoder)")
     assert "mlcl: 100 s, one SupCon model per level: 300 s" in per_level

@@ -501,6 +501,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "supcon-mid": ("supcon", ("method.level=mid",)),
     "mlcl+instance": ("mlcl", INSTANCE),
 }
+HEAD_FEATURES = ("eval.features=[encoder, heads]",)  # also score each projection head at its own level
 MIXED_FRACTIONS = (0.01, 0.05, 0.2)  # fine labels kept; every sample keeps its coarse label
 SHARE_FRACTION = 0.05
 SHARES = (0.0, 0.5, 1.0)
@@ -547,9 +548,10 @@ def _per_level_models() -> Experiment:
     for dataset, methods in (("fashion-mnist", ("supcon-coarse", "supcon", "mlcl")),
                              ("wordnet-nouns", ("supcon-coarse", "supcon", "mlcl")),
                              ("wordnet-nouns-deep", ("supcon-coarse", "supcon-mid", "supcon", "mlcl"))):
-        cells += [_variant(dataset, method, seed=s) for method in methods for s in SEEDS]
+        cells += [_variant(dataset, method, seed=s, overrides=HEAD_FEATURES) for method in methods for s in SEEDS]
     return Experiment("per-level-models", "one MLCL model for every level against one SupCon model per level "
-                      "(all labels): accuracy per level and training time", _seed_major(cells))
+                      "(all labels): accuracy per level, of the encoder and of each head, and training time",
+                      _seed_major(cells))
 
 
 def _deep_hierarchy() -> Experiment:

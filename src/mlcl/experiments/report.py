@@ -394,7 +394,7 @@ class _Builder:
         """One table per (level, metric) found in ``lines``, rows by ``row_of``."""
         out = []
         levels = _levels(lines)[::-1]  # finest first, as in the other sections
-        for metric in ("linear_top1", "knn_top1"):
+        for metric in ("linear_top1", "knn_top1", "map_at_r"):
             for level in levels:
                 groups = grouped(lines, row_of, lambda line, lv=level, m=metric: metric_of(line, lv, m))
                 if not groups:
@@ -402,6 +402,15 @@ class _Builder:
                 rows = [(label(key), groups[key]) for key in sorted(groups)]
                 out += [f"**{level} {METRIC_NAMES[metric]}** (%)", "",
                         table(row_label, rows, f"{context} {level} {METRIC_NAMES[metric]}", self.collector), ""]
+        # Lower is better: how far (in tree levels) the wrong predictions and the nearest neighbours land.
+        for level, metric, title in (("severity", "linear", "mistake severity of the linear probe"),
+                                     (levels[0] if levels else "", "hier_dist_at_k", METRIC_NAMES["hier_dist_at_k"])):
+            groups = grouped(lines, row_of, lambda line, lv=level, m=metric: metric_of(line, lv, m))
+            if groups:
+                rows = [(label(key), groups[key]) for key in sorted(groups)]
+                out += [f"**{title}** (tree levels, lower is better; [definitions](metrics.md))", "",
+                        table(row_label, rows, f"{context} {title}", self.collector, higher_is_better=False,
+                              scale=1.0), ""]
         return out
 
     # -- sub-population shift
@@ -447,35 +456,26 @@ class _Builder:
         if not lines:
             return out + ["Not run yet: `mlcl experiment per-level-models`.", ""]
         out += ["All labels. `supcon (own level)`: for each level, the SupCon model trained on that level alone "
-                "(`supcon-coarse`, `supcon-mid`, `supcon` = fine); `mlcl`: one model with a head per level. The "
-                "time row is the training time of the whole option: the sum over the per-level SupCon models "
-                "against the one MLCL model (seconds on one CPU thread, mean over seeds).", "",
-                _command("per-level-models"), ""]
-        own = {"coarse": "supcon-coarse", "mid": "supcon-mid", "fine": "supcon"}
+                "(`supcon-coarse`, `supcon-mid`, `supcon` = fine); `mlcl`: one model with a head per level. "
+                "Features: `encoder` is the encoder's output (what every other table reports); `head` is the "
+                "projection head trained for that level (SupCon's single head, MLCL's head of that level), L2-"
+                "normalised, as `mlcl embed --head` exports it. The time line is the training time of the whole "
+                "option: the sum over the per-level SupCon models against the one MLCL model (seconds on one "
+                "CPU thread, mean over seeds).", "", _command("per-level-models"), ""]
         for dataset in sorted({line["dataset"] for line in lines}):
             subset = [line for line in lines if line["dataset"] == dataset]
-            rows = []
-            for metric in ("linear_top1", "knn_top1"):
-                for level in _levels(subset):
-                    cells = defaultdict(list)
-                    for line in subset:
-                        name = "supcon (own level)" if line["method"] == own.get(level) else line["method"]
-                        value = metric_of(line, level, metric)
-                        if value is not None and (is_mlcl(name) or name == "supcon (own level)"):
-                            cells[name].append(value)
-                    rows.append((f"{level} {METRIC_NAMES[metric]}", cells))
-            seconds = defaultdict(float)
-            counts = defaultdict(set)
+            rows = [(f"{level} {METRIC_NAMES.get(metric, metric)}", _per_level_cells(subset, level, metric))
+                    for metric in ("linear_top1", "knn_top1", "map_at_r") for level in _levels(subset)]
+            seconds: dict[str, float] = defaultdict(float)
+            seeds: dict[str, set] = defaultdict(set)
             for line in subset:
-                key = line["method"] if is_mlcl(line["method"]) else "per-level"
+                key = line["method"] if is_mlcl(line["method"]) else "one SupCon model per level"
                 seconds[key] += float(line.get("train_seconds") or 0)
-                counts[key].add(line["seed"])
-            per_seed = {k: seconds[k] / max(1, len(counts[k])) for k in seconds}
-            timing = ", ".join(f"{'one SupCon model per level' if k == 'per-level' else k}: {v:.0f} s"
-                               for k, v in sorted(per_seed.items()))
+                seeds[key].add(line["seed"])
+            timing = ", ".join(f"{k}: {seconds[k] / len(seeds[k]):.0f} s" for k in sorted(seconds))
             out += [f"### {dataset}", "", "(%)", "",
-                    table("level / metric", rows, f"per-level-models {dataset}", self.collector), "",
-                    f"Training time per seed: {timing}.", ""]
+                    table("level / metric", [(r, c) for r, c in rows if c], f"per-level-models {dataset}",
+                          self.collector), "", f"Training time per seed: {timing}.", ""]
         return out
 
     # -- a deeper hierarchy
@@ -522,6 +522,26 @@ def _levels(lines: list[dict[str, Any]]) -> list[str]:
             if isinstance(values, dict) and "linear_top1" in values and name not in ("unseen", "consistency"):
                 levels[name] = None
     return list(levels)
+
+
+_OWN_LEVEL = {"coarse": "supcon-coarse", "mid": "supcon-mid", "fine": "supcon"}
+
+
+def _per_level_cells(lines: list[dict[str, Any]], level: str, metric: str) -> dict[str, list[float]]:
+    """Per-level-models cells of one (level, metric): the level's own SupCon model and MLCL, each by the
+    encoder's features and by the head trained for that level."""
+    cells: dict[str, list[float]] = defaultdict(list)
+    for line in lines:
+        own = line["method"] == _OWN_LEVEL.get(level)
+        if not (own or is_mlcl(line["method"])):
+            continue
+        name = "supcon (own level)" if own else line["method"]
+        head = "head:supcon" if own else f"head:{level}"
+        by_head = line["metrics"].get("features", {}).get(head, {}).get(level, {}).get(metric)
+        for label, value in ((f"{name}, encoder", metric_of(line, level, metric)), (f"{name}, head", by_head)):
+            if value is not None:
+                cells[label].append(float(value))
+    return cells
 
 
 def _unseen(line: dict[str, Any], key: str, metric: str) -> float | None:

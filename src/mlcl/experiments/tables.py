@@ -18,7 +18,8 @@ from typing import Any
 BASELINE_ORDER = ("raw-input", "ce", "simclr", "triplet", "supcon", "himulcon", "mulsupcon")
 REFERENCES = ("raw-input",)  # shown, but not a baseline MLCL is compared with
 LEVEL_METRICS = (("fine", "linear_top1"), ("coarse", "linear_top1"), ("fine", "knn_top1"), ("coarse", "knn_top1"))
-METRIC_NAMES = {"linear_top1": "linear-probe top-1", "knn_top1": "kNN top-1", "mAP": "mAP",
+METRIC_NAMES = {"linear_top1": "linear-probe top-1", "knn_top1": "kNN top-1", "mAP": "mAP", "map_at_r": "MAP@R",
+                "precision_at_k": "precision@k", "hier_dist_at_k": "tree distance of the k nearest neighbours",
                 "micro_f1": "micro-F1", "macro_f1": "macro-F1", "subset_accuracy": "subset accuracy",
                 "classifier_top1": "end-to-end classifier top-1"}
 

@@ -41,11 +41,13 @@ def evaluate_run(run: Run, out_dir: Path | None = None, *, progress: bool = Fals
 
 
 def flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``metrics.json`` -> ``{LEVEL: {...}, "consistency": {...}}`` (+ classifier top-1 for CE, and the
-    unseen classes' scores when some were held out)."""
+    """``metrics.json`` -> ``{LEVEL: {...}, "consistency": {...}, "severity": {...}}`` (+ classifier top-1
+    for CE, the unseen classes' scores when some were held out, and the projection heads' scores under
+    ``"features"`` when they were evaluated)."""
     flat = {level: dict(values) for level, values in metrics.get("test", {}).items()}
     for level, values in metrics.get("classifier", {}).items():
         flat.setdefault(level, {})["classifier_top1"] = values["top1"]
-    if "unseen" in metrics:
-        flat["unseen"] = metrics["unseen"]
+    for key in ("unseen", "features"):
+        if key in metrics:
+            flat[key] = metrics[key]
     return flat
