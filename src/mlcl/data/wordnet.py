@@ -12,7 +12,8 @@ than ``depth`` and fine classes with fewer than ``min_class_size`` synsets are d
 at least 50 per class this gives 22 coarse / 156 fine classes over 63,563 synsets.
 
 The file ``data.noun`` is searched in ``$MLCL_DATA_DIR/wordnet/``, ``$MLCL_DATA_DIR/`` and
-``/usr/share/wordnet/`` (Debian package ``wordnet-base``).
+``/usr/share/wordnet/`` (Debian package ``wordnet-base``). :mod:`mlcl.data.wordnet_deep` adds a third,
+finer level to these rows.
 """
 
 from __future__ import annotations
@@ -214,7 +215,6 @@ class NounRows:
     ``classes`` and ``class_names``); ``parent_of[c]`` is class ``c``'s index into ``coarse_names``.
     """
 
-    path: Path
     synsets: dict[int, Synset]
     paths: dict[int, tuple[int, ...]]
     classes: list[tuple[int, int, list[int]]]  # (lexfile, ancestor, member offsets) per class
@@ -252,7 +252,7 @@ def noun_rows(
             fine.append(index)
     names = unique_names(lemma_names(synsets, classes), [ancestor for _, ancestor, _ in classes])
     return NounRows(
-        path=path, synsets=synsets, paths=paths, classes=classes, class_names=names,
+        synsets=synsets, paths=paths, classes=classes, class_names=names,
         coarse_names=[lexname(lexfile) for lexfile in lexfiles],
         parent_of=[lexfiles.index(lexfile) for lexfile, _, _ in classes], offsets=kept, texts=texts, fine=fine,
     )
