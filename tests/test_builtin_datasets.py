@@ -6,11 +6,12 @@ Real-data tests are skipped where a dataset is not installed. Run with ``-s`` to
 from __future__ import annotations
 
 import importlib.util
+from collections import Counter
 
 import pytest
 import torch
 
-from mlcl.data import bbc, digits, fashion_mnist, grid, wordnet
+from mlcl.data import bbc, digits, fashion_mnist, grid, wordnet, wordnet_deep
 from mlcl.data.registry import DATASETS, load_dataset
 from mlcl.errors import DataError
 
@@ -99,6 +100,40 @@ def test_wordnet_nouns_real_file():
     assert capped.test.inputs != wordnet.load_wordnet_nouns(max_per_class=60, seed=2).test.inputs
 
 
+@needs(wordnet)
+def test_wordnet_nouns_deep_real_file():
+    data = wordnet_deep.load_wordnet_nouns_deep()
+    assert data.level_names == ["coarse", "mid", "fine"]
+    counts = [level.num_classes for level in data.levels]
+    splits = (data.train, data.val, data.test)
+    print(f"\nwordnet-nouns-deep: {' / '.join(map(str, counts))} classes, "
+          f"{len(data.train)}/{len(data.val)}/{len(data.test)} synsets")
+    for level in data.level_names:
+        print(f"  {level}: train classes {data.train.targets[level].unique().numel()}, smallest class in "
+              + ", ".join(f"{name} {split.targets[level].bincount().min()}"
+                          for name, split in zip(("train", "val", "test"), splits)))
+    # about 22 coarse / 156 mid / 572 fine classes
+    assert 20 <= counts[0] <= 24 and 140 <= counts[1] <= 170 and 500 <= counts[2] <= 700
+    h = data.hierarchy
+    for split in splits:  # a strict tree: every row's labels are its fine class's ancestors
+        assert torch.equal(split.targets["mid"], h.parent_index("fine")[split.targets["fine"]])
+        assert torch.equal(split.targets["coarse"], h.parent_index("mid")[split.targets["mid"]])
+    fine = torch.cat([split.targets["fine"] for split in splits])
+    assert fine.bincount().min() >= 50 and len(fine.unique()) == counts[2]
+    assert data.train.targets["fine"].unique().numel() == counts[2]  # every fine class is trained on
+    # disjoint parts that together hold every row once: those of wordnet-nouns
+    rows = wordnet.noun_rows(5, 50, None, 0, "gloss", None)
+    assert Counter(data.train.inputs + data.val.inputs + data.test.inputs) == Counter(rows.texts)
+    flat = wordnet.load_wordnet_nouns()
+    for split, flat_split in zip(splits, (flat.train, flat.val, flat.test)):
+        assert split.inputs == flat_split.inputs and torch.equal(split.targets["mid"], flat_split.targets["fine"])
+    again = wordnet_deep.load_wordnet_nouns_deep()
+    assert again.levels == data.levels and torch.equal(again.test.targets["fine"], data.test.targets["fine"])
+    by_fine = wordnet_deep.load_wordnet_nouns_deep(stratify="fine")
+    assert Counter(by_fine.train.inputs + by_fine.val.inputs + by_fine.test.inputs) == Counter(rows.texts)
+    assert by_fine.train.targets["fine"].bincount().min() >= 35 and by_fine.val.targets["fine"].bincount().min() >= 5
+
+
 # --- BBC News and digits --------------------------------------------------------------------------
 
 
@@ -138,7 +173,8 @@ def test_digits():
 
 
 def test_registry_lists_every_dataset_with_availability():
-    assert set(DATASETS) == {"fashion-mnist", "fashion-mnist-grid", "wordnet-nouns", "bbc-news", "digits"}
+    assert set(DATASETS) == {"fashion-mnist", "fashion-mnist-grid", "wordnet-nouns", "wordnet-nouns-deep", "bbc-news",
+                             "digits"}
     for name, info in DATASETS.items():
         available, where = info.is_available()
         assert info.name == name and isinstance(available, bool) and where

