@@ -126,3 +126,13 @@ def test_report_of_mixed_granularity_shift_and_per_level_models(tmp_path):
     assert "| 85.00 ± 0.00 (n=2) | 80.00 ± 0.00 (n=2) | 86.00 ± 0.00 (n=2) | 90.00 ± 0.00 (n=2) |" in row
     assert row.rstrip(" |").endswith("+5.00* (vs supcon (own level), encoder)")
     assert "mlcl: 100 s, one SupCon model per level: 300 s" in per_level
+
+
+def test_a_whole_cell_id_selects_that_cell_only():
+    from mlcl.experiments.runner import select_cells
+
+    cells = grids.get_experiment("batch-share").cells
+    one = next(c for c in cells if c.id.endswith("__la0"))
+    assert [c.id for c in select_cells(cells, [one.id])] == [one.id]  # not also …__la0.5
+    part = one.id.rsplit("__", 1)[0]  # a part of ids still selects every cell containing it
+    assert len(select_cells(cells, [part])) == len(grids.SHARES)

@@ -146,12 +146,15 @@ class PlannedCell:
 
 
 def select_cells(cells: Iterable[Cell], patterns: Iterable[str] | None) -> list[Cell]:
-    """Cells whose id matches any glob in ``patterns`` (comma-separated allowed); all when none."""
+    """Cells whose id matches any glob in ``patterns`` (comma-separated allowed) or contains it; all when
+    none. A pattern that is a cell's whole id selects that cell only (``…__la0`` is also part of ``…__la0.5``)."""
     globs = [p.strip() for text in (patterns or []) for p in text.split(",") if p.strip()]
     cells = list(cells)
     if not globs:
         return cells
-    chosen = [c for c in cells if any(fnmatch.fnmatchcase(c.id, g) or g in c.id for g in globs)]
+    ids = {c.id for c in cells}
+    chosen = [c for c in cells
+              if any(fnmatch.fnmatchcase(c.id, g) or (g not in ids and g in c.id) for g in globs)]
     if not chosen:
         raise ConfigError(f"--cells {','.join(globs)} matches no cell; see the ids with --dry-run "
                           f"(for example {cells[0].id if cells else '(none)'})")
