@@ -279,24 +279,37 @@ def feature_table(path, rows: int = 30):
     return write(path, "\n".join(lines) + "\n")
 
 
+def _partial_table_run(tmp_path, out, *extra: str) -> list[str]:
+    """``mlcl train`` arguments (progress lines on) for a quick run on a feature table, 30% fine labels."""
+    data = feature_table(tmp_path / "d.csv")
+    overrides = ["data.name=table", f"data.path={data}", "data.options={input: [x0, x1, x2, x3], levels: [coarse, "
+                 "fine]}", "data.level_fractions={fine: 0.3}", "model.encoder=mlp", "model.encoder_options={}",
+                 "model.proj_hidden=16", "model.proj_dim=8", "train.batch_size=16", "train.epochs=1",
+                 "eval.embedding_map=none", "eval.knn_k=3", "eval.probe_epochs=10", "train.threads=1", *extra]
+    return [a for a in train_args(out, *overrides) if a != "--quiet"]
+
+
 @pytest.mark.parametrize("method", [["method.name=mlcl", "method.heads=[]", "method.temperatures=[0.1]",
                                      "method.weights=[]"],
                                     ["method.name=supcon", "method.level=coarse"]], ids=["mlcl", "supcon-coarse"])
 def test_a_run_on_partial_labels_reports_its_labelled_rows(tmp_path, capsys, method):
-    data, out = feature_table(tmp_path / "d.csv"), tmp_path / "run"
-    overrides = ["data.name=table", f"data.path={data}", "data.options={input: [x0, x1, x2, x3], levels: [coarse, "
-                 "fine]}", "data.level_fractions={fine: 0.3}", "model.encoder=mlp", "model.encoder_options={}",
-                 "model.proj_hidden=16", "model.proj_dim=8", "train.batch_size=16", "train.epochs=1",
-                 "eval.embedding_map=none", "eval.knn_k=3", "eval.probe_epochs=10", "train.threads=1", *method]
-    args = [a for a in train_args(out, *overrides) if a != "--quiet"]
-    assert main(args) == 0
+    out = tmp_path / "run"
+    assert main(_partial_table_run(tmp_path, out, *method)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     train_rows = metrics["train_samples"]
     labelled = metrics["labelled_rows"]
     assert labelled["coarse"] == train_rows
     assert 0 < labelled["fine"] <= 0.3 * train_rows  # 30% of the rows of each fine class (2/3 of the rows have one)
-    assert f"labelled per level: coarse {labelled['coarse']}, fine {labelled['fine']}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"labelled per level: coarse {labelled['coarse']}, fine {labelled['fine']}" in err
+    assert "train.labelled_share=0.5 draws half of each batch" in err  # uniform batches: the hint
     assert 0 <= metrics["test"]["fine"]["linear_top1"] <= 1
+
+
+def test_a_run_with_a_labelled_share_gets_no_batch_hint(tmp_path, capsys):
+    assert main(_partial_table_run(tmp_path, tmp_path / "run", "train.labelled_share=0.5")) == 0
+    err = capsys.readouterr().err
+    assert "labelled per level" in err and "train.labelled_share=0.5 draws" not in err
 
 
 class _Identity(torch.nn.Module):

@@ -189,13 +189,15 @@ def _noisy_split(
     return LabeledSplit(split.inputs, targets, split.ids), mask
 
 
+def is_labelled(target: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: the rows of one level's targets that carry a label (a class id >= 0, or at least
+    one positive of a multi-hot ``(N, C)`` target)."""
+    return target.gt(0).any(dim=1) if target.dim() == 2 else target.ge(0)
+
+
 def labelled_rows(split: LabeledSplit) -> dict[str, int]:
-    """The number of rows labelled at each level: a class id >= 0, or at least one label when multi-label."""
-    counts = {}
-    for name, target in split.targets.items():
-        labelled = target.sum(1) > 0 if target.dim() == 2 else target >= 0
-        counts[name] = int(labelled.sum())
-    return counts
+    """The number of rows labelled at each level."""
+    return {name: int(is_labelled(target).sum()) for name, target in split.targets.items()}
 
 
 def keep_level_labels(

@@ -183,8 +183,11 @@ def build_run(config: Config, out_dir: str | Path | None = None, *, progress: bo
     dataset = prepare_dataset(dataset, config, progress=progress and rank == 0)  # one progress bar
     labelled = labelled_rows(dataset.train)
     if any(count < len(dataset.train) for count in labelled.values()):
+        hint = ("" if config.train.labelled_share > 0 else "; batches are uniform, so few of their rows have every "
+                "label: train.labelled_share=0.5 draws half of each batch from the rows with a finest label")
         note(progress and rank == 0, f"data: {dataset.name}, {len(dataset.train)} training samples, labelled per "
-                                     f"level: {', '.join(f'{name} {count}' for name, count in labelled.items())}")
+                                     f"level: {', '.join(f'{name} {count}' for name, count in labelled.items())}"
+                                     + hint)
     if dataset.multi_label and (dataset.val is None or len(dataset.val) == 0):
         raise ConfigError(
             f"{dataset.name} is multi-label: its F1 thresholds are chosen on a validation split, and it has "

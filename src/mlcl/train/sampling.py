@@ -25,18 +25,13 @@ import math
 
 import torch
 
+from mlcl.data.protocols import is_labelled
 from mlcl.data.types import LabeledSplit
 from mlcl.errors import ConfigError, DataError
 from mlcl.hierarchy import LabelLevel
 from mlcl.user_input import did_you_mean
 
 EPOCH_SEED_STRIDE = 1_000_003  # epoch e of seed s shuffles with s * stride + e
-
-
-def labelled_rows(split: LabeledSplit, level: LabelLevel) -> torch.Tensor:
-    """``(N,)`` bool: the rows labelled at ``level`` (a class >= 0, or any positive of a multi-label level)."""
-    target = split.targets[level.name]
-    return target.gt(0).any(dim=1) if level.multi_label else target.ge(0)
 
 
 def labelled_mask(split: LabeledSplit, levels: list[LabelLevel], share: float, level_name: str | None
@@ -50,7 +45,7 @@ def labelled_mask(split: LabeledSplit, levels: list[LabelLevel], share: float, l
     if share == 0:
         return None
     level = levels[-1] if level_name is None else levels[names.index(level_name)]
-    mask = labelled_rows(split, level).cpu()
+    mask = is_labelled(split.targets[level.name]).cpu()
     if not mask.any():
         raise DataError(f"train.labelled_share={share} draws rows labelled at level {level.name!r}, but no training "
                         f"row has a {level.name!r} label; set train.labelled_level to a level with labels, or "
