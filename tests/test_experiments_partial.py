@@ -109,12 +109,13 @@ def test_report_of_mixed_granularity_shift_and_per_level_models(tmp_path):
     mixed = md.split("## Labels at mixed granularity")[1].split("\n## ")[0]
     row = next(line for line in mixed.splitlines() if line.startswith("| fine labels 5 % "))
     assert "89.50 ± 0.71 (n=2)" in row and row.rstrip(" |").endswith("+4.00* (vs supcon)")
+    assert "Share of each batch from the fine-labelled samples: ce 0.5, supcon 0.5, mlcl 0.5." in mixed
     assert "mixed-granularity-fashion-mnist.png" in {p.name for p in report.plots}
     severity = mixed.split("**mistake severity of the linear probe**")[1]
     row = next(line for line in severity.splitlines() if line.startswith("| fine labels 5 % "))
     assert "0.67 ± 0.01 (n=2)" in row and row.rstrip(" |").endswith("+0.04* (vs supcon)")  # 0.705 - 0.665
     shift = md.split("## Unseen fine classes")[1].split("\n## ")[0]
-    assert "Held-out classes per seed: shirt, sandal." in shift
+    assert "Held-out classes per seed: shirt, sandal (so the few-shot rows choose among 2 classes)." in shift
     row = next(line for line in shift.splitlines() if line.startswith("| unseen: coarse linear-probe top-1 "))
     assert row.rstrip(" |").endswith("+10.00* (vs supcon)")
     shots = [line.split(" | ")[0] for line in shift.splitlines() if line.startswith("| unseen") and "shot" in line]

@@ -376,10 +376,16 @@ class _Builder:
                 "fine level (the samples without a fine label are negatives only), `supcon-coarse` on the coarse "
                 "level, `ce` masks the fine loss, `himulcon` and `mlcl` use each level where it is known. Linear "
                 "probes and kNN banks of a level are fitted only on the training samples labelled at that level; "
-                "the test set is fully labelled. Same step budget as a full-data run.", ""]
+                "the test set is fully labelled. Same step budget as a full-data run. Each method draws the share "
+                f"of its batches from the fine-labelled samples that batch-share chose at {_pct(grids.SHARE_FRACTION)} "
+                "fine labels, at every fraction: with a share of 1 and 1 % fine labels, every batch comes from "
+                "those 1 %, and the other samples' coarse labels are never seen.", ""]
         for dataset in sorted({line["dataset"] for line in lines}):
             subset = [line for line in lines if line["dataset"] == dataset]
-            out += [f"### {dataset}", "", _command("mixed-granularity", f"{dataset}__*"), ""]
+            shares = {line["method"]: line.get("labelled_share") for line in subset}
+            used = ", ".join(f"{m} {shares[m]:g}" for m in order_methods(shares) if shares[m] is not None)
+            out += [f"### {dataset}", "", _command("mixed-granularity", f"{dataset}__*"), "",
+                    f"Share of each batch from the fine-labelled samples: {used}.", ""]
             out += self._level_tables(subset, lambda line: _fine_fraction(line), lambda f: f"fine labels {_pct(f)}",
                                       "fine labels", f"mixed-granularity {dataset}")
             series = series_of(subset, _fine_fraction, lambda line: metric_of(line, "fine", "linear_top1"))
@@ -443,7 +449,9 @@ class _Builder:
             for level, metric in (("coarse", "linear_top1"), (finest, "linear_top1")):
                 rows.append((f"seen: {level} {METRIC_NAMES[metric]}", grouped(
                     subset, lambda line: 0, lambda line, lv=level, m=metric: metric_of(line, lv, m)).get(0, {})))
-            out += [f"### {dataset}", "", f"Held-out classes per seed: {'; '.join(names)}.", "",
+            ways = sorted({len(line["metrics"]["unseen"]["classes"]) for line in subset if "unseen" in line["metrics"]})
+            out += [f"### {dataset}", "", f"Held-out classes per seed: {'; '.join(names)} (so the few-shot rows "
+                    f"choose among {'/'.join(map(str, ways))} classes).", "",
                     _command("subpopulation-shift", f"{dataset}__*"), "", "(%)", "",
                     table("metric", [(r, cells) for r, cells in rows if cells], f"subpopulation-shift {dataset}",
                           self.collector), ""]
