@@ -235,7 +235,6 @@ def run_cell(experiment: str, cell: Cell, options: RunOptions, tuned: TunedTable
         line["target"] = cell.target
     if cell.level_fractions:
         line["level_fractions"] = dict(cell.level_fractions)
-        line["labelled_share"] = hp["labelled_share"]
     if cell.unseen:
         line["unseen_per_parent"] = cell.unseen
     if cell.kind == "transfer-raw":
@@ -244,6 +243,8 @@ def run_cell(experiment: str, cell: Cell, options: RunOptions, tuned: TunedTable
 
     config = cell_config(cell, tuned, options.extra)
     line["config"] = config.to_dict()
+    if cell.level_fractions:  # as run: a variant's own override (supcon-coarse: 0) wins over the tuned share
+        line["labelled_share"] = config.train.labelled_share
     out_dir = Path(options.runs_dir) / experiment / cell.id
     trainer, resumed = _trainer(config, out_dir, options.progress, fresh=cell.kind == "convergence")
     if resumed:
